@@ -1,0 +1,113 @@
+"""Batched generation with the course prompt, and the course's submission files (results.txt/.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tangpoem.config import Config
+from tangpoem.data import Row, load_test_rows
+from tangpoem.io import atomic_write_json, atomic_write_text
+from tangpoem.model import load_adapter, load_base_model, load_tokenizer
+from tangpoem.prompt import INSTRUCTION
+from tangpoem.tokens import encode_prompt
+from tangpoem.train import pick_checkpoint
+
+# The homework's three demo couplets, shown before and after fine-tuning.
+DEMO_COUPLETS = ("相見時難別亦難，東風無力百花殘。", "重帷深下莫愁堂，臥後清宵細細長。", "芳辰追逸趣，禁苑信多奇。")
+
+
+def generation_config(cfg: Config, tokenizer: Any) -> Any:
+    """The homework's decoding (sampling, temperature 0.1, top_p 0.3, no_repeat_ngram_size 3) plus top_k."""
+    from transformers import GenerationConfig
+
+    sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k) if cfg.do_sample else {}
+    return GenerationConfig(
+        do_sample=cfg.do_sample,
+        num_beams=1,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **sampling,
+    )
+
+
+def left_pad(prompts: Sequence[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left padding, so every row's last prompt token sits at the same position and new tokens follow it."""
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for i, ids in enumerate(prompts):
+        input_ids[i, longest - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, longest - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def cut_at_eos(new_tokens: list[int], eos_token_id: int | None) -> list[int]:
+    return new_tokens[: new_tokens.index(eos_token_id)] if eos_token_id in new_tokens else new_tokens
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: Config, progress: bool = True) -> list[str]:
+    """The model's continuation for each row, in batches. The answer is cut from the output by
+    token position (everything after the prompt, up to the first EOS), never by splitting strings."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    gen_config = generation_config(cfg, tokenizer)
+    torch.manual_seed(cfg.seed)  # sampling is reproducible for a given seed and batch size
+    predictions: list[str] = []
+    batches = [rows[i : i + cfg.generation_batch_size] for i in range(0, len(rows), cfg.generation_batch_size)]
+    for batch_rows in tqdm(batches, desc="generate", disable=not progress):
+        prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in batch_rows]
+        batch = {k: v.to(device) for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
+        output = model.generate(**batch, generation_config=gen_config, use_cache=True)
+        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
+        for tokens in new_tokens:
+            text = tokenizer.decode(cut_at_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True)
+            predictions.append(" ".join(text.split()))  # one line per poem in results.txt
+    return predictions
+
+
+def demo_rows(couplets: Sequence[str] = DEMO_COUPLETS) -> list[Row]:
+    return [Row(INSTRUCTION, c) for c in couplets]
+
+
+def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tuple[torch.nn.Module, Any, Path | None]:
+    """Base model plus the adapter picked by `checkpoint_index` ("auto"), a given adapter dir, or none (None)."""
+    tokenizer = load_tokenizer(cfg)
+    model = load_base_model(cfg)
+    if adapter == "auto":
+        adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index)
+    if adapter is not None:
+        model = load_adapter(model, str(adapter))
+    model.config.use_cache = True
+    return model, tokenizer, Path(adapter) if adapter else None
+
+
+def format_results_txt(rows: Sequence[Row], predictions: Sequence[str]) -> str:
+    """The course's submission format: one line per poem, `N. ` + input + output."""
+    return "".join(f"{i}. {row.input}{pred}\n" for i, (row, pred) in enumerate(zip(rows, predictions), start=1))
+
+
+def write_results(rows: Sequence[Row], predictions: Sequence[str], results_dir: str | Path) -> tuple[Path, Path]:
+    """results.txt and results.json (instruction, input, predict), each written atomically."""
+    results_dir = Path(results_dir)
+    txt = atomic_write_text(results_dir / "results.txt", format_results_txt(rows, predictions))
+    records = [{"instruction": r.instruction, "input": r.input, "predict": p} for r, p in zip(rows, predictions)]
+    js = atomic_write_json(results_dir / "results.json", records)
+    return txt, js
+
+
+def generate_test_results(cfg: Config, adapter: str | Path | None = "auto") -> tuple[Path, Path]:
+    """The homework's last step: the 15 test poems with the chosen checkpoint, written for submission."""
+    rows = load_test_rows(cfg.data_dir)
+    model, tokenizer, used = load_for_generation(cfg, adapter)
+    print(f"generate: {len(rows)} test poems with {used or 'the base model (no adapter)'}")
+    predictions = generate(model, tokenizer, rows, cfg)
+    return write_results(rows, predictions, cfg.results_path)

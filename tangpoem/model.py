@@ -1,0 +1,155 @@
+"""Loading the tokenizer and model: NF4 on CUDA (bitsandbytes), float32 on CPU, LoRA from the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tangpoem.config import BREEZE, TAIDE, Config
+from tangpoem.errors import InputError
+
+# What we know about the course's two models; any other causal-LM id or local path works too.
+PRESETS: dict[str, dict[str, Any]] = {
+    BREEZE: {"architecture": "mistral", "gated": False},
+    TAIDE: {"architecture": "llama", "gated": True},  # needs `huggingface-cli login` (never put the token in a notebook)
+}
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("config key 'device' = 'cuda': no CUDA GPU is visible; use device=auto or cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_compute_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """bf16 where the GPU has it (Ampere+), fp16 on older GPUs such as Colab's T4, fp32 on CPU."""
+    if cfg.compute_dtype != "auto":
+        dtype = getattr(torch, cfg.compute_dtype)
+        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InputError("config key 'compute_dtype' = 'bfloat16': this GPU has no bf16; use float16 or auto")
+        return dtype
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def fix_pad_token(tokenizer: Any) -> Any:
+    """Llama/Mistral tokenizers ship without a pad token. Pad with <unk> where there is one, not with
+    EOS: our labels come from lengths, not pad ids, but an EOS pad would still confuse readers."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(cfg: Config) -> Any:
+    name = cfg.model_name_or_path
+    if name in _builtin_names():
+        tokenizer = _builtin(name)[0]
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    return fix_pad_token(tokenizer)
+
+
+def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn.Module:
+    """The base model, quantized to NF4 (double quantization) when `load_in_4bit` and on CUDA."""
+    device = device or resolve_device(cfg)
+    dtype = resolve_compute_dtype(cfg, device)
+    if cfg.load_in_4bit and device.type != "cuda":
+        raise InputError(
+            "config key 'load_in_4bit' = True: 4-bit NF4 needs a CUDA GPU; set load_in_4bit=false to run in float32 on CPU"
+        )
+    name = cfg.model_name_or_path
+    if name in _builtin_names():
+        model = _builtin(name)[1]
+        if cfg.load_in_4bit:
+            raise InputError(f"config key 'load_in_4bit' = True: the built-in model {name} is not quantizable; set it to false")
+        model = model.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
+    else:
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+        if cfg.load_in_4bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",  # NormalFloat4: quantiles of a normal distribution, fits weight statistics
+                bnb_4bit_use_double_quant=True,  # quantize the quantization constants too (~0.4 bit/param saved)
+                bnb_4bit_compute_dtype=dtype,  # weights are dequantized to this for each matmul
+            )
+            kwargs["device_map"] = {"": device.index or 0}
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        if not cfg.load_in_4bit:
+            model = model.to(device)
+    model.config.use_cache = False  # training default; generation turns the cache back on
+    return model
+
+
+def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """k-bit preparation for a 4-bit model, gradient checkpointing when the config asks for it."""
+    from peft import prepare_model_for_kbit_training
+
+    checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs and under DDP
+    if getattr(model, "is_loaded_in_4bit", False):
+        # Current peft API (the homework's prepare_model_for_int8_training is gone): casts norms to
+        # fp32 and enables input gradients so checkpointing works with frozen 4-bit weights.
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing_kwargs,
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+        model.enable_input_require_grads()
+    return model
+
+
+def add_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """Wrap the base model with fresh LoRA adapters, after preparing it for training."""
+    from peft import LoraConfig, get_peft_model
+
+    model = prepare_for_training(model, cfg)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # e.g. a target module the architecture does not have
+        raise InputError(f"config key 'lora_target_modules': {e}") from None
+
+
+def load_adapter(model: torch.nn.Module, adapter_dir: str, trainable: bool = False) -> torch.nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def load_model(cfg: Config) -> tuple[torch.nn.Module, Any]:
+    """Tokenizer and base model with fresh LoRA adapters, ready to train."""
+    tokenizer = load_tokenizer(cfg)
+    return add_lora(load_base_model(cfg), cfg), tokenizer
+
+
+def _builtin_names() -> tuple[str, ...]:
+    from tangpoem.nano import NANO_NAME
+    from tangpoem.tiny import TINY_MODELS
+
+    return TINY_MODELS + (NANO_NAME,)
+
+
+def _builtin(name: str) -> tuple[Any, torch.nn.Module]:
+    """(tokenizer, model) of a model that ships with, or is built by, tangpoem."""
+    from tangpoem import nano, tiny
+
+    if name == nano.NANO_NAME:
+        return nano.load()
+    tokenizer = tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name])
+    return tokenizer, tiny.build_model(name, tokenizer)

@@ -1,0 +1,306 @@
+"""LoRA fine-tuning as one plain loop: setup, then for each optimizer step micro-batches, clip, step, log, save.
+
+Runs on one device, or under `torchrun`/`accelerate launch` with DDP (each rank takes its share of
+every global batch). Checkpoints are complete or absent: each is written to a temp directory and
+renamed, so a run killed at any moment resumes from its last complete checkpoint and ends with the
+same adapter weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from tangpoem.config import Config
+from tangpoem.data import load_train_rows
+from tangpoem.errors import InputError
+from tangpoem.io import atomic_write_json
+from tangpoem.model import (
+    add_lora,
+    load_adapter,
+    load_base_model,
+    load_tokenizer,
+    prepare_for_training,
+    resolve_compute_dtype,
+    resolve_device,
+)
+from tangpoem.tokens import IGNORE_INDEX, EncodedDataset, EncodedRow, collate, encode_training_rows
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+ADAPTER_FILE = "adapter_model.safetensors"
+STATE_FILE = "training_state.pt"
+HISTORY_FILE = "loss_history.json"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first. Temp directories of an interrupted save are never listed."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = CHECKPOINT_RE.match(path.name)
+        if match and (path / ADAPTER_FILE).is_file() and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def pick_checkpoint(output_dir: str | os.PathLike, index: int = -1) -> Path:
+    """The homework's pick-by-index over the checkpoint list (-1 = the last one)."""
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        raise InputError(f"{output_dir}: no checkpoints (run `tangpoem train` first)")
+    if not -len(checkpoints) <= index < len(checkpoints):
+        raise InputError(f"config key 'checkpoint_index' = {index}: {output_dir} has {len(checkpoints)} checkpoints")
+    return checkpoints[index]
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(CHECKPOINT_RE.match(path.name).group(1))  # type: ignore[union-attr]
+
+
+def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: Path, step: int, keep: int) -> Path:
+    """Write adapter + training state to a temp dir, then rename it into place; prune old ones."""
+    final = output_dir / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", suffix=".tmp", dir=output_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(state, tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """DDP when launched by torchrun/accelerate (WORLD_SIZE > 1), as the homework's WORLD_SIZE branch meant."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(dist.get_rank(), world_size, local_rank)
+
+
+def batch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
+    """The rows of one epoch in shuffled order; a function of (seed, epoch) only, so a resumed run sees the same order."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return torch.randperm(num_rows, generator=generator).tolist()
+
+
+def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRow]:
+    """The rows of optimizer step `step` (0-based): `batch_size` rows, the last batch of an epoch may be short."""
+    steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
+    epoch, within = divmod(step, steps_per_epoch)
+    order = batch_order(len(dataset.rows), cfg.seed, epoch)
+    return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
+
+
+def count_label_tokens(rows: Sequence[EncodedRow]) -> int:
+    # The first position is never a label (it is BOS), so this equals what the shifted loss counts.
+    return sum(sum(label != IGNORE_INDEX for label in r.labels) for r in rows)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    checkpoints: list[Path]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = False) -> TrainResult:
+    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are."""
+    # 1. processes, seeds, device
+    dist_info = setup_distributed()
+    seed_everything(cfg.seed)
+    device = torch.device("cuda", dist_info.local_rank) if dist_info.world_size > 1 else resolve_device(cfg)
+    dtype = resolve_compute_dtype(cfg, device)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log = print if dist_info.is_main else (lambda *a, **k: None)
+
+    # 2. data: tokenized once, with the label mask
+    tokenizer = load_tokenizer(cfg)
+    dataset = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, cfg.num_train_data), cfg.cutoff_len, cfg.prompt_mode)
+    log(f"data: {dataset.summary()}")
+
+    # 3. model: base (+ NF4) with fresh LoRA, or the adapters of the checkpoint we resume from
+    latest = list_checkpoints(output_dir)[-1] if resume and list_checkpoints(output_dir) else None
+    if resume and latest is None:
+        log(f"resume: no checkpoint in {output_dir}, starting from scratch")
+    base = load_base_model(cfg, device)
+    if latest is not None:
+        model = load_adapter(prepare_for_training(base, cfg), str(latest), trainable=True)
+    else:
+        model = add_lora(base, cfg)
+    if dist_info.is_main:
+        model.print_trainable_parameters()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # 4. optimizer and schedule (linear warmup then linear decay, as HF Trainer's default)
+    from transformers import get_linear_schedule_with_warmup
+
+    steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
+    history: list[dict[str, float]] = []
+    start_step = 0
+    if latest is not None:
+        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = state["history"]
+        start_step = state["step"]
+        set_rng_state(state["rng"])
+        log(f"resume: from {latest} (step {start_step} of {total_steps})")
+
+    train_model: torch.nn.Module = model
+    if dist_info.world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist_info.local_rank])
+    autocast = (
+        torch.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else contextlib.nullcontext()
+    )
+
+    # 5. the loop
+    from tqdm.auto import tqdm
+
+    model.train()
+    started = time.perf_counter()
+    progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not dist_info.is_main)
+    for step in range(start_step, total_steps):
+        rows = step_rows(dataset, cfg, step)
+        # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
+        # whatever the micro-batch size, accumulation or number of ranks.
+        num_items = count_label_tokens(rows)
+        local = rows[dist_info.rank :: dist_info.world_size]
+        micro_batches = [local[i : i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
+        step_loss = torch.zeros((), device=device)
+        for i, micro in enumerate(micro_batches):
+            batch = {k: v.to(device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+            sync = i == len(micro_batches) - 1 or dist_info.world_size == 1
+            no_sync = train_model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
+            with no_sync, autocast:
+                loss = train_model(**batch, num_items_in_batch=num_items).loss * dist_info.world_size
+            (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.detach() / dist_info.world_size
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else torch.zeros(())
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if dist_info.world_size > 1:
+            torch.distributed.all_reduce(step_loss)
+        done = step + 1
+        record = {
+            "step": done,
+            "epoch": round(done / steps_per_epoch, 4),
+            "loss": step_loss.item(),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+        }
+        history.append(record)
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}")
+        if done % cfg.logging_steps == 0 or done == total_steps:
+            log(f"step {done}/{total_steps}  loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}")
+            if dist_info.is_main:
+                atomic_write_json(output_dir / HISTORY_FILE, history)
+        if done % cfg.save_steps == 0 or done == total_steps:
+            if dist_info.is_main:
+                state = {
+                    "step": done,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else None,
+                    "history": history,
+                    "rng": rng_state(),
+                    "config": cfg.to_dict(),
+                }
+                save_checkpoint(model, state, output_dir, done, cfg.save_total_limit)
+            if dist_info.world_size > 1:
+                torch.distributed.barrier()
+        for callback in on_step_end:
+            callback(done, record)
+    progress.close()
+    seconds = time.perf_counter() - started
+    if dist_info.is_main:
+        atomic_write_json(output_dir / HISTORY_FILE, history)
+    log(f"train: {total_steps - start_step} steps in {seconds:.1f} s; checkpoints in {output_dir}")
+    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds)

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from tangpoem.config import Config, load_config, parse_set
+from tangpoem.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_homeworks():
+    cfg = Config()
+    assert cfg.model_name_or_path == "MediaTek-Research/Breeze-7B-Instruct-v0_1"
+    assert (cfg.seed, cfg.num_train_data, cfg.num_epochs, cfg.learning_rate) == (42, 1040, 1, 3e-4)
+    assert (cfg.micro_batch_size, cfg.batch_size, cfg.gradient_accumulation_steps) == (4, 16, 4)
+    assert (cfg.cutoff_len, cfg.warmup_steps, cfg.logging_steps, cfg.save_steps, cfg.save_total_limit) == (256, 50, 20, 65, 3)
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (8, 16, 0.05)
+    assert cfg.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (cfg.do_sample, cfg.temperature, cfg.top_p, cfg.no_repeat_ngram_size, cfg.max_new_tokens) == (True, 0.1, 0.3, 3, 128)
+
+
+@pytest.mark.parametrize("name", ["breeze-colab-t4", "taide-colab-t4", "tiny-cpu"])
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert isinstance(cfg, Config)
+    assert load_config(name) == cfg  # a bare name finds the file in configs/
+
+
+def test_breeze_config_restates_the_defaults():
+    assert load_config("breeze-colab-t4") == Config()
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config("tiny-cpu", parse_set(["learning_rate=1e-4", "max_steps=3", "do_sample=false",
+                                             "lora_target_modules=q_proj,v_proj", "data_dir=/x"]))
+    assert cfg.learning_rate == 1e-4 and cfg.max_steps == 3 and cfg.do_sample is False
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.data_dir == "/x"
+    assert load_config(None, {"max_steps": "null"}).max_steps is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"top_p": "1.5"}, "'top_p' = 1.5: must be in (0, 1]"),
+        ({"top_p": "0"}, "'top_p' = 0.0: must be in (0, 1]"),
+        ({"learning_rate": "-1e-4"}, "'learning_rate' = -0.0001: must be > 0"),
+        ({"batch_size": "10"}, "must be a multiple of micro_batch_size"),
+        ({"num_train_data": "6000"}, "between 1 and 5001"),
+        ({"device": "tpu"}, "must be one of auto, cpu, cuda"),
+        ({"micro_batch_size": "four"}, "expected int, got 'four'"),
+        ({"do_sample": "maybe"}, "expected bool"),
+        ({"learning_rat": "1"}, "unknown config key 'learning_rat'"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(overrides, message):
+    with pytest.raises(InputError, match=None) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nlearning_rate: [\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(bad)
+    (tmp_path / "list.yaml").write_text("- 1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_set_needs_key_value():
+    with pytest.raises(InputError, match="expected key=value"):
+        parse_set(["learning_rate"])
