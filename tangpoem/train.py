@@ -192,7 +192,13 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     log(f"data: {dataset.summary()}")
 
     # 3. model: base (+ NF4) with fresh LoRA, or the adapters of the checkpoint we resume from
-    latest = list_checkpoints(output_dir)[-1] if resume and list_checkpoints(output_dir) else None
+    existing = list_checkpoints(output_dir)
+    if existing and not resume:
+        raise InputError(
+            f"{output_dir}: holds checkpoints of an earlier run ({existing[-1].name}); "
+            "resume it with --resume, or choose another output_dir"
+        )
+    latest = existing[-1] if existing else None
     if resume and latest is None:
         log(f"resume: no checkpoint in {output_dir}, starting from scratch")
     base = load_base_model(cfg, device)

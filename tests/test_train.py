@@ -1,0 +1,124 @@
+"""Training end to end on the CPU: loss goes down, checkpoints are complete or absent, resume is exact."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tangpoem.errors import InputError
+from tangpoem.train import ADAPTER_FILE, list_checkpoints, pick_checkpoint, train
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"num_train_data": 16, "max_steps": 10, "learning_rate": 1e-2, "warmup_steps": 0, "save_steps": 4}
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(tiny_config):
+    cfg = tiny_config(**{**SMALL, "max_steps": 16})
+    result = train(cfg)
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 16
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05
+    names = [p.name for p in result.checkpoints]
+    assert names == ["checkpoint-8", "checkpoint-12", "checkpoint-16"]  # save_total_limit 3 pruned checkpoint-4
+    assert (Path(cfg.output_dir) / "loss_history.json").is_file()
+    assert set(os.listdir(result.checkpoints[-1])) >= {ADAPTER_FILE, "adapter_config.json", "training_state.pt"}
+
+
+def test_pick_checkpoint_by_index(tiny_config):
+    cfg = tiny_config(**SMALL)
+    train(cfg)
+    checkpoints = list_checkpoints(cfg.output_dir)
+    assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-8", "checkpoint-10"]
+    assert pick_checkpoint(cfg.output_dir, -1).name == "checkpoint-10"
+    assert pick_checkpoint(cfg.output_dir, 0).name == "checkpoint-4"
+    with pytest.raises(InputError, match="has 3 checkpoints"):
+        pick_checkpoint(cfg.output_dir, 5)
+    with pytest.raises(InputError, match="no checkpoints"):
+        pick_checkpoint(Path(cfg.output_dir) / "nothing", -1)
+
+
+def test_a_second_run_refuses_to_mix_with_old_checkpoints(tiny_config):
+    cfg = tiny_config(**{**SMALL, "max_steps": 4})
+    train(cfg)
+    with pytest.raises(InputError, match="holds checkpoints of an earlier run .*--resume"):
+        train(cfg)
+
+
+def _run(args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], env=env, cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def _train_cli(cfg_overrides, *extra):
+    sets = [a for k, v in cfg_overrides.items() for a in ("--set", f"{k}={v}")]
+    result = _run(["-m", "tangpoem.cli", "train", "--config", "tiny-cpu", *sets, *extra])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def _adapter(output_dir):
+    return load_file(str(list_checkpoints(output_dir)[-1] / ADAPTER_FILE))
+
+
+# A training process that dies the hard way (SIGKILL: no cleanup, no finally blocks) at a chosen moment.
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from tangpoem.config import load_config
+    from tangpoem import train as recipe
+
+    overrides = dict(arg.split("=", 1) for arg in sys.argv[2:])
+    cfg = load_config("tiny-cpu", overrides)
+    when = sys.argv[1]
+    if when.startswith("after-step-"):
+        stop = int(when.rsplit("-", 1)[1])
+        def kill(step, record):
+            if step == stop:
+                os.kill(os.getpid(), signal.SIGKILL)
+        recipe.train(cfg, on_step_end=[kill])
+    elif when.startswith("while-saving-"):
+        stop = int(when.rsplit("-", 1)[1])
+        real_save = torch.save
+        def dying_save(obj, path, *a, **k):
+            if isinstance(obj, dict) and obj.get("step") == stop:
+                with open(path, "wb") as f:
+                    f.write(b"half a checkpoint")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(obj, path, *a, **k)
+        recipe.torch.save = dying_save
+        recipe.train(cfg)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["after-step-6", "while-saving-8"])
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, course_dir, when):
+    common = {**SMALL, "data_dir": course_dir}
+    _train_cli({**common, "output_dir": tmp_path / "straight"})
+
+    interrupted = tmp_path / "interrupted"
+    killed = _run(["-c", KILLER, when, *[f"{k}={v}" for k, v in {**common, "output_dir": interrupted}.items()]])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(interrupted)] == ["checkpoint-4"]  # only complete ones count
+    if when.startswith("while-saving"):
+        assert [p.name for p in interrupted.iterdir() if p.name.endswith(".tmp")]  # the torn save is left aside
+
+    resumed = _train_cli({**common, "output_dir": interrupted}, "--resume")
+    assert "resume: from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    assert [p.name for p in list_checkpoints(interrupted)] == ["checkpoint-4", "checkpoint-8", "checkpoint-10"]
+
+    straight, after = _adapter(tmp_path / "straight"), _adapter(interrupted)
+    assert straight.keys() == after.keys() and len(straight) > 0
+    for name in straight:
+        assert torch.equal(straight[name], after[name]), name
+    history = [h["loss"] for h in torch.load(list_checkpoints(interrupted)[-1] / "training_state.pt", weights_only=False)["history"]]
+    straight_history = [h["loss"] for h in torch.load(list_checkpoints(tmp_path / "straight")[-1] / "training_state.pt", weights_only=False)["history"]]
+    assert history == straight_history
