@@ -1,0 +1,199 @@
+"""Grading: parsed answers -> per-poem scores -> per-file and class results (dataclasses).
+
+The functions here are what the CLI and the notebooks call:
+`grade_paths` (files and directories), `grade_file` (one submission), and
+`grade_predictions` (in-memory continuations, one per test poem, in test order).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+
+from tangpoem.errors import InputError
+from tangpoem.grade.metrics import (CONTENT_FIELDS, FORM_FIELDS, ContentScores, FormScores, content_scores,
+                                    form_scores)
+from tangpoem.grade.normalize import normalize_text, split_verses, strip_punctuation
+from tangpoem.grade.parse import (ParsedPoem, Submission, TestPoem, _CoupletIndex, build_test_poems, clean_answer,
+                                  load_test_poems, parse_submission)
+from tangpoem.grade.prosody import ProsodyScores, prosody_scores
+
+PROSODY_FIELDS = ("pingze_score", "rhyme_score")
+# Names of the per-file means, in report order (raw content scores carry a "raw_" prefix).
+MEAN_FIELDS = (*CONTENT_FIELDS, *(f"raw_{name}" for name in CONTENT_FIELDS), *FORM_FIELDS, *PROSODY_FIELDS)
+RESULT_NAMES = ("results.txt", "results.json")
+
+
+@dataclass
+class PoemResult:
+    index: int
+    input: str
+    gt_verses: list[str]
+    status: str                    # "graded" or "missing"
+    source: str | None             # "line 3" / "record 3" / None when missing
+    prediction: str                # the continuation after repairs ("" when missing)
+    verses: list[str]              # predicted verses as written (split on punctuation)
+    normalized: ContentScores      # scores on normalised text (the headline scores)
+    raw: ContentScores             # scores on the verses as written
+    form: FormScores
+    prosody: ProsodyScores
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str                    # "graded" or "error"
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    poems: list[PoemResult] = field(default_factory=list)
+    mean: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> int:
+        return sum(p.status == "missing" for p in self.poems)
+
+    @property
+    def repair_count(self) -> int:
+        return len(self.notes) + sum(len(p.notes) for p in self.poems)
+
+
+@dataclass
+class ClassReport:
+    gt_path: str
+    test_path: str
+    files: list[FileResult]
+
+    @property
+    def graded(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "graded"]
+
+    @property
+    def errors(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "error"]
+
+    @property
+    def mean(self) -> dict[str, float | None]:
+        return mean_scores([f.mean for f in self.graded])
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+
+def mean_scores(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Field-wise mean over rows, ignoring None (e.g. a rhyme score with nothing to check)."""
+    means: dict[str, float | None] = {}
+    for name in MEAN_FIELDS:
+        values = [row[name] for row in rows if row.get(name) is not None]
+        means[name] = fmean(values) if values else None
+    return means
+
+
+def _poem_means(poem: PoemResult) -> dict[str, float | None]:
+    row: dict[str, float | None] = {}
+    for name in CONTENT_FIELDS:
+        row[name] = getattr(poem.normalized, name)
+        row[f"raw_{name}"] = getattr(poem.raw, name)
+    for name in FORM_FIELDS:
+        row[name] = getattr(poem.form, name)
+    for name in PROSODY_FIELDS:
+        row[name] = getattr(poem.prosody, name)
+    return row
+
+
+def grade_poem(test: TestPoem, answer: ParsedPoem | None) -> PoemResult:
+    """Score one answer (None = missing, scored as an empty prediction)."""
+    notes = list(answer.notes) if answer else [f"poem {test.index} missing from the file; scored 0"]
+    prediction = answer.prediction if answer else ""
+    raw_verses = split_verses(prediction)
+    normalized_verses = [v for v in (normalize_text(v) for v in raw_verses) if v]
+    gt_normalized = [normalize_text(v) for v in test.gt_verses]
+    if answer and not normalized_verses:
+        notes.append("empty prediction; scored 0")
+    extra = len(normalized_verses) - len(gt_normalized)
+    if extra > 0:
+        notes.append(f"{extra} verse{'s' if extra > 1 else ''} past the GT's {len(gt_normalized)}: "
+                     "not scored for content, counted by the form checks")
+    couplet = [v for v in (strip_punctuation(v) for v in split_verses(test.input)) if v]
+    predicted = [v for v in (strip_punctuation(v) for v in raw_verses) if v]
+    return PoemResult(
+        index=test.index,
+        input=test.input,
+        gt_verses=list(test.gt_verses),
+        status="graded" if answer else "missing",
+        source=answer.source if answer else None,
+        prediction=prediction,
+        verses=raw_verses,
+        normalized=content_scores(normalized_verses, gt_normalized),
+        raw=content_scores(raw_verses, list(test.gt_verses)),
+        form=form_scores(normalized_verses, gt_normalized),
+        prosody=prosody_scores(couplet, predicted),
+        notes=notes,
+    )
+
+
+def grade_submission(submission: Submission, tests: list[TestPoem]) -> FileResult:
+    poems = [grade_poem(test, submission.poems.get(test.index)) for test in tests]
+    result = FileResult(submission.path, "graded", notes=list(submission.notes), poems=poems)
+    result.mean = mean_scores([_poem_means(p) for p in poems])
+    return result
+
+
+def grade_file(path: str | os.PathLike, tests: list[TestPoem]) -> FileResult:
+    """Grade one results.txt / results.json; a file that cannot be read becomes an error row."""
+    try:
+        submission = parse_submission(path, tests)
+    except InputError as exc:
+        return FileResult(str(path), "error", error=str(exc))
+    return grade_submission(submission, tests)
+
+
+def grade_predictions(predictions: list[str], gt_lines: list[str], test_rows: list[dict],
+                      name: str = "<predictions>") -> FileResult:
+    """Grade in-memory model outputs, one per test poem in test order.
+
+    Each prediction is cleaned like a submission line (chat fragments, a repeated input
+    couplet); `gt_lines` are GT lines (verses separated by TABs), `test_rows` the test records.
+    """
+    tests = build_test_poems(gt_lines, test_rows)
+    if len(predictions) != len(tests):
+        raise InputError(f"{name}: {len(predictions)} predictions for {len(tests)} test poems")
+    couplets = _CoupletIndex(tests)
+    poems: dict[int, ParsedPoem] = {}
+    for test, text in zip(tests, predictions):
+        notes: list[str] = []
+        matched, continuation = clean_answer(str(text), couplets, notes)
+        if matched is None:
+            notes.remove("input couplet missing at the start of the answer")  # the usual in-memory form
+        poems[test.index] = ParsedPoem(test.index, continuation, f"prediction {test.index}", notes)
+    return grade_submission(Submission(name, poems), tests)
+
+
+def find_result_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given, and every results.txt / results.json (or *results.txt/json) below directories."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            below = [p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(RESULT_NAMES)]
+            if not below:
+                raise InputError(f"{path}: no results.txt or results.json below this directory")
+            found.extend(sorted(below))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or directory")
+    unique: dict[Path, None] = {}
+    for path in found:
+        unique.setdefault(path, None)
+    return list(unique)
+
+
+def grade_paths(paths: list[str | os.PathLike], gt_path: str | os.PathLike,
+                test_path: str | os.PathLike) -> ClassReport:
+    """Grade every submission in `paths`. Raises InputError for bad paths or a bad GT/test file."""
+    tests = load_test_poems(gt_path, test_path)
+    files = [grade_file(path, tests) for path in find_result_files(paths)]
+    return ClassReport(str(gt_path), str(test_path), files)

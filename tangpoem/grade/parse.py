@@ -1,0 +1,343 @@
+"""Reading the grading inputs: the GT and test files (strict) and student submissions (lenient).
+
+Submissions are repaired where the intent is clear, and every repair is written down as a note
+so graders can see what was changed. A submission that cannot be read at all raises InputError
+with one line naming the file (and line or record) and the problem; the caller turns that into
+an error row. GT and test problems also raise InputError; the CLI turns those into exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tangpoem.errors import InputError
+from tangpoem.grade.normalize import normalize_text, normalized_with_index
+
+# Chat-template leftovers that models (or copy-paste from a notebook) leave in outputs.
+_FRAGMENT_RE = re.compile(
+    r"<<SYS>>.*?<</SYS>>|\[/?INST\]|</?s>|<</?SYS>>|<\|[a-z_]+\|>"
+    r"|\b(?:Assistant|ASSISTANT|assistant|User|USER|user|Human|HUMAN)\s*[:：]",
+    re.DOTALL,
+)
+# Leading numbering: `1. `, `1.`, `1、`, `1)`, `(1)`, `（1）`, `１.`, `1:`, `1 ` ... (\d matches
+# full-width digits too). Poems contain no digits, so leading digits are always a number.
+_NUMBER_RE = re.compile(r"^\s*(?:[(（]\s*(\d+)\s*[)）]|(\d+)\s*[.．、,，:：)）]?)\s*")
+_COURSE_NUMBER_RE = re.compile(r"^\d+\. ")
+_LEADING_JUNK_RE = re.compile(r"^[\s，。！？；、,.!?;:：]+")
+
+
+@dataclass(frozen=True)
+class TestPoem:
+    """One test poem: its 1-based index, the input couplet as given, and the GT continuation."""
+
+    index: int
+    instruction: str
+    input: str
+    gt_verses: tuple[str, ...]
+
+
+@dataclass
+class ParsedPoem:
+    """A student's answer to one test poem: the continuation text after cleaning."""
+
+    index: int
+    prediction: str
+    source: str  # "line 3" or "record 3": where in the file it came from
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Submission:
+    path: str
+    poems: dict[int, ParsedPoem]
+    notes: list[str] = field(default_factory=list)  # file-level repairs
+
+
+# ---------------------------------------------------------------- reading text
+
+
+def decode_text(data: bytes, name: str) -> tuple[str, list[str]]:
+    """Bytes of a text file -> (text with '\\n' line ends, repair notes). Raises InputError."""
+    notes: list[str] = []
+    if not data.strip():
+        raise InputError(f"{name}: file is empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{name}: has a UTF-16 byte-order mark but is not valid UTF-16 ({exc.reason})") from None
+        notes.append("file was UTF-16; decoded it")
+    else:
+        if b"\x00" in data:
+            raise InputError(f"{name}: binary file (contains NUL bytes), not UTF-8 text")
+        if data.startswith(b"\xef\xbb\xbf"):
+            notes.append("removed UTF-8 byte-order mark (BOM)")
+            data = data[3:]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise InputError(
+                f"{name}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start});"
+                " save the file as UTF-8"
+            ) from None
+    text = text.lstrip("\ufeff")
+    if "\r" in text:
+        notes.append("converted CRLF/CR line endings")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise InputError(f"{name}: file is empty (only whitespace)")
+    return text, notes
+
+
+def read_text(path: str | Path) -> tuple[str, list[str]]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_text(data, str(path))
+
+
+# ---------------------------------------------------------------- GT and test files (strict)
+
+
+def build_test_poems(gt_lines: list[str], test_rows: list[dict], *, gt_name: str = "GT",
+                     test_name: str = "test data") -> list[TestPoem]:
+    """Pair test rows with GT lines (verses separated by TABs). Raises InputError on any problem."""
+    if not isinstance(test_rows, list) or not test_rows:
+        raise InputError(f"{test_name}: expected a non-empty JSON list of {{instruction, input}} objects")
+    lines = [line for line in gt_lines if line.strip()]
+    if len(lines) != len(test_rows):
+        raise InputError(f"{gt_name}: has {len(lines)} non-empty lines but {test_name} has {len(test_rows)} poems")
+    poems = []
+    for number, (row, line) in enumerate(zip(test_rows, lines), start=1):
+        if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not row["input"].strip():
+            raise InputError(f"{test_name}: record {number}: expected an object with a non-empty string 'input'")
+        verses = tuple(verse.strip() for verse in line.strip().split("\t"))
+        if any(not verse for verse in verses):
+            raise InputError(f"{gt_name}:{number}: empty verse (two TABs in a row or a TAB at an end)")
+        poems.append(TestPoem(number, str(row.get("instruction", "")), row["input"].strip(), verses))
+    return poems
+
+
+def load_test_poems(gt_path: str | Path, test_path: str | Path) -> list[TestPoem]:
+    """Read Tang_testing_gt.txt and Tang_testing_data.json. Raises InputError on any problem."""
+    for path in (gt_path, test_path):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: file not found")
+    gt_text, _ = read_text(gt_path)
+    test_text, _ = read_text(test_path)
+    try:
+        rows = json.loads(test_text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{test_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    return build_test_poems(gt_text.split("\n"), rows, gt_name=str(gt_path), test_name=str(test_path))
+
+
+# ---------------------------------------------------------------- cleaning one answer
+
+
+class _CoupletIndex:
+    """Finds which test poem's input couplet a text starts with (compared normalised)."""
+
+    def __init__(self, poems: list[TestPoem]):
+        self.by_couplet = {normalize_text(p.input): p.index for p in poems}
+        self.lengths = sorted({len(k) for k in self.by_couplet}, reverse=True)
+        self.instructions = sorted({p.instruction.strip() for p in poems if p.instruction.strip()}, key=len,
+                                   reverse=True)
+
+    def match_prefix(self, text: str) -> tuple[int, int] | None:
+        """(poem index, raw end offset) when `text` starts with a test couplet, else None."""
+        pairs = normalized_with_index(text)
+        folded = "".join(c for c, _ in pairs)
+        for length in self.lengths:
+            index = self.by_couplet.get(folded[:length])
+            if index is not None and len(folded) >= length:
+                return index, pairs[length - 1][1] + 1
+        return None
+
+
+def _strip_fragments(text: str, couplets: _CoupletIndex, notes: list[str]) -> str:
+    found = sorted({m.group(0).strip() for m in _FRAGMENT_RE.finditer(text)})
+    if found:
+        text = _FRAGMENT_RE.sub(" ", text)
+        shown = ", ".join(f"'{f[:20]}'" for f in found)
+        notes.append(f"removed chat-template fragments {shown}")
+    for instruction in couplets.instructions:
+        if instruction in text:
+            text = text.replace(instruction, " ")
+            notes.append("removed the instruction text")
+    return text
+
+
+def _cut_couplet(text: str, couplets: _CoupletIndex, notes: list[str]) -> tuple[int | None, str]:
+    """Remove the leading input couplet (and repeats of it). Returns (poem index or None, rest)."""
+    match = couplets.match_prefix(text)
+    if match is None:
+        notes.append("input couplet missing at the start of the answer")
+        return None, _LEADING_JUNK_RE.sub("", text).strip()
+    index, end = match
+    rest = _LEADING_JUNK_RE.sub("", text[end:])
+    repeats = 0
+    while (again := couplets.match_prefix(rest)) is not None and again[0] == index:
+        rest = _LEADING_JUNK_RE.sub("", rest[again[1]:])
+        repeats += 1
+    if repeats:
+        notes.append(f"input couplet repeated {repeats + 1} times; removed the repeats")
+    return index, rest.strip()
+
+
+def clean_answer(text: str, couplets: _CoupletIndex, notes: list[str]) -> tuple[int | None, str]:
+    """Fragments and instruction removed, input couplet cut off: (matched poem or None, continuation)."""
+    text = _strip_fragments(text, couplets, notes)
+    return _cut_couplet(text.strip(), couplets, notes)
+
+
+# ---------------------------------------------------------------- submissions (lenient)
+
+
+@dataclass
+class _Answer:
+    source: str
+    position: int  # 1-based order among answers in the file
+    number: int | None
+    matched: int | None
+    prediction: str
+    notes: list[str]
+
+
+def _assign(answers: list[_Answer], poems: list[TestPoem], kind: str) -> tuple[dict[int, ParsedPoem], list[str]]:
+    """Match answers to test poems: by input couplet, then by number, then by position."""
+    count = len(poems)
+    assigned: dict[int, ParsedPoem] = {}
+    file_notes: list[str] = []
+    leftovers: list[_Answer] = []
+
+    def take(answer: _Answer, index: int, how: str | None) -> None:
+        if how:
+            answer.notes.append(how)
+        assigned[index] = ParsedPoem(index, answer.prediction, answer.source, answer.notes)
+
+    for answer in answers:
+        if answer.matched is None:
+            leftovers.append(answer)
+        elif answer.matched in assigned:
+            file_notes.append(f"{answer.source}: second answer for poem {answer.matched} (by its input couplet); "
+                              "kept the first")
+        else:
+            how = None
+            if answer.number is not None and answer.number != answer.matched:
+                how = f"numbered {answer.number} but its input couplet is test poem {answer.matched}; graded as {answer.matched}"
+            take(answer, answer.matched, how)
+    still: list[_Answer] = []
+    for answer in leftovers:
+        if answer.number is not None and 1 <= answer.number <= count and answer.number not in assigned:
+            take(answer, answer.number, f"matched to poem {answer.number} by its number")
+        else:
+            still.append(answer)
+    for answer in still:
+        if answer.number is None and answer.position <= count and answer.position not in assigned:
+            take(answer, answer.position, f"matched to poem {answer.position} by its position in the file")
+        else:
+            file_notes.append(f"{answer.source}: ignored, could not be matched to a test poem "
+                              f"(number {answer.number if answer.number is not None else 'missing'})")
+    order = [p.index for p in sorted(assigned.values(), key=lambda p: _position_of(p, answers))]
+    if order != sorted(order):
+        file_notes.append(f"{kind}s are not in test order; matched each one to its poem")
+    return assigned, file_notes
+
+
+def _position_of(poem: ParsedPoem, answers: list[_Answer]) -> int:
+    return next(a.position for a in answers if a.source == poem.source)
+
+
+def parse_results_txt(text: str, name: str, poems: list[TestPoem]) -> Submission:
+    """Parse course-format results.txt text (already decoded)."""
+    couplets = _CoupletIndex(poems)
+    notes: list[str] = []
+    answers: list[_Answer] = []
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        line_notes: list[str] = []
+        line = _strip_fragments(line, couplets, line_notes)
+        number: int | None = None
+        number_match = _NUMBER_RE.match(line)
+        if number_match and (number_match.group(1) or number_match.group(2)):
+            number = int(number_match.group(1) or number_match.group(2))
+            if not _COURSE_NUMBER_RE.match(line.lstrip()):
+                style = number_match.group(0).strip()
+                line_notes.append(f"numbering '{style}' is not the course's 'N. '; read as {number}")
+            line = line[number_match.end():]
+        else:
+            line_notes.append("no line number")
+        matched, prediction = _cut_couplet(line.strip(), couplets, line_notes)
+        answers.append(_Answer(f"line {line_no}", len(answers) + 1, number, matched, prediction, line_notes))
+    # A final newline (or a few) is normal; only blank lines before the last answer are a repair.
+    blank = sum(1 for line in text.rstrip().split("\n") if not line.strip())
+    if blank:
+        notes.append(f"skipped {blank} blank line{'s' if blank > 1 else ''}")
+    if not answers:
+        raise InputError(f"{name}: file is empty (no non-blank lines)")
+    assigned, file_notes = _assign(answers, poems, "line")
+    return Submission(name, assigned, notes + file_notes)
+
+
+_PREDICT_KEYS = ("predict", "prediction", "output", "response")
+
+
+def parse_results_json(text: str, name: str, poems: list[TestPoem]) -> Submission:
+    """Parse results.json: a list of {instruction, input, predict} objects."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{name}: expected a JSON list of {{instruction, input, predict}} objects, "
+                         f"got {type(data).__name__}")
+    if not data:
+        raise InputError(f"{name}: empty JSON list")
+    couplets = _CoupletIndex(poems)
+    notes: list[str] = []
+    answers: list[_Answer] = []
+    for number, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise InputError(f"{name}: record {number}: expected an object with 'input' and 'predict', "
+                             f"got {type(record).__name__}")
+        key = next((k for k in _PREDICT_KEYS if isinstance(record.get(k), str)), None)
+        if key is None:
+            notes.append(f"record {number}: no 'predict' string; skipped")
+            continue
+        record_notes: list[str] = []
+        if key != "predict":
+            record_notes.append(f"read the prediction from '{key}' (expected 'predict')")
+        by_input = None
+        if isinstance(record.get("input"), str):
+            found = couplets.match_prefix(record["input"])
+            by_input = found[0] if found else None
+        matched, prediction = clean_answer(record[key], couplets, record_notes)
+        if matched is None:
+            # An answer without the couplet is the normal JSON form; don't call it a repair.
+            record_notes.remove("input couplet missing at the start of the answer")
+        elif by_input is not None and matched != by_input:
+            record_notes.append(f"prediction starts with the couplet of poem {matched}, input is poem {by_input}")
+        answers.append(_Answer(f"record {number}", len(answers) + 1, None, by_input or matched, prediction,
+                               record_notes))
+    if not answers:
+        raise InputError(f"{name}: no record has a 'predict' string")
+    assigned, file_notes = _assign(answers, poems, "record")
+    return Submission(name, assigned, notes + file_notes)
+
+
+def parse_submission(path: str | Path, poems: list[TestPoem]) -> Submission:
+    """Read and parse one results.txt or results.json. Raises InputError if it cannot be read."""
+    text, notes = read_text(path)
+    name = str(path)
+    looks_json = Path(path).suffix.lower() == ".json"
+    submission = (parse_results_json if looks_json else parse_results_txt)(text, name, poems)
+    submission.notes[:0] = notes
+    return submission

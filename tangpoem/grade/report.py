@@ -1,0 +1,191 @@
+"""Presenting a ClassReport: text tables, class CSV, JSON (schema in docs/grade-json-schema.md), HTML."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+from typing import Any
+
+import jinja2
+
+from tangpoem.grade.grading import MEAN_FIELDS, ClassReport, FileResult, PoemResult
+
+SCHEMA_VERSION = 1
+
+# Columns of the per-poem text table: (header, getter) on normalised scores.
+_POEM_COLUMNS = (
+    ("exact", lambda p: p.normalized.verse_exact),
+    ("charF1", lambda p: p.normalized.char_f1),
+    ("align", lambda p: p.normalized.char_accuracy),
+    ("editSim", lambda p: p.normalized.edit_similarity),
+    ("chrF", lambda p: p.normalized.chrf),
+    ("BLEU", lambda p: p.normalized.bleu),
+    ("count", lambda p: p.form.verse_count_ok),
+    ("length", lambda p: p.form.lengths_ok),
+    ("pingze", lambda p: p.prosody.pingze_score),
+    ("rhyme", lambda p: p.prosody.rhyme_score),
+)
+_MEAN_COLUMNS = (("exact", "verse_exact"), ("charF1", "char_f1"), ("align", "char_accuracy"),
+                 ("editSim", "edit_similarity"), ("chrF", "chrf"), ("BLEU", "bleu"), ("count", "verse_count_ok"),
+                 ("length", "lengths_ok"), ("pingze", "pingze_score"), ("rhyme", "rhyme_score"))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- text table
+
+
+def format_file_table(result: FileResult) -> str:
+    """The per-poem table of one file, followed by its repair notes."""
+    lines = [f"== {result.path}"]
+    if result.status == "error":
+        lines.append(f"   ERROR: {result.error}")
+        return "\n".join(lines)
+    header = "  #  status   " + " ".join(f"{name:>7}" for name, _ in _POEM_COLUMNS) + "  notes"
+    lines.append(header)
+    for poem in result.poems:
+        cells = " ".join(f"{_fmt(get(poem)):>7}" for _, get in _POEM_COLUMNS)
+        lines.append(f"{poem.index:>3}  {poem.status:<7}  {cells}  {len(poem.notes)}")
+    cells = " ".join(f"{_fmt(result.mean[key]):>7}" for _, key in _MEAN_COLUMNS)
+    lines.append(f"{'mean':>12}  {cells}")
+    for note in result.notes:
+        lines.append(f"   repair: {note}")
+    for poem in result.poems:
+        for note in poem.notes:
+            lines.append(f"   poem {poem.index}: {note}")
+    return "\n".join(lines)
+
+
+def format_summary(report: ClassReport) -> str:
+    """One row per file with its mean scores, then the class mean and counts."""
+    width = max([len("file"), *(len(f.path) for f in report.files)])
+    lines = [f"{'file':<{width}}  status  missing  repairs " + " ".join(f"{name:>7}" for name, _ in _MEAN_COLUMNS)]
+    for result in report.files:
+        if result.status == "error":
+            lines.append(f"{result.path:<{width}}  error   {result.error}")
+            continue
+        cells = " ".join(f"{_fmt(result.mean[key]):>7}" for _, key in _MEAN_COLUMNS)
+        lines.append(f"{result.path:<{width}}  graded  {result.missing:>7}  {result.repair_count:>7} {cells}")
+    mean = report.mean
+    cells = " ".join(f"{_fmt(mean[key]):>7}" for _, key in _MEAN_COLUMNS)
+    lines.append(f"{'class mean':<{width}}                          {cells}")
+    lines.append(f"{len(report.files)} files: {len(report.graded)} graded, {len(report.errors)} could not be graded")
+    return "\n".join(lines)
+
+
+def format_text(report: ClassReport) -> str:
+    return "\n\n".join([*(format_file_table(f) for f in report.files), "== summary\n" + format_summary(report)]) + "\n"
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def class_csv(report: ClassReport) -> str:
+    """One row per file: path, status, error, counts, and every mean score."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "status", "error", "poems", "missing", "repairs", *MEAN_FIELDS])
+    for result in report.files:
+        means = [("" if result.mean.get(k) is None else f"{result.mean[k]:.6f}") for k in MEAN_FIELDS]
+        writer.writerow([result.path, result.status, result.error or "", len(result.poems), result.missing,
+                         result.repair_count, *means])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def poem_json(poem: PoemResult) -> dict[str, Any]:
+    return {
+        "index": poem.index,
+        "status": poem.status,
+        "source": poem.source,
+        "input": poem.input,
+        "gt_verses": poem.gt_verses,
+        "prediction": poem.prediction,
+        "verses": poem.verses,
+        "scores": poem.normalized.as_dict(),
+        "raw_scores": poem.raw.as_dict(),
+        "form": poem.form.as_dict(),
+        "prosody": poem.prosody.as_dict(),
+        "repairs": poem.notes,
+    }
+
+
+def file_json(result: FileResult) -> dict[str, Any]:
+    return {
+        "path": result.path,
+        "status": result.status,
+        "error": result.error,
+        "repairs": result.notes,
+        "missing": result.missing if result.status == "graded" else None,
+        "mean": result.mean if result.status == "graded" else None,
+        "poems": [poem_json(p) for p in result.poems],
+    }
+
+
+def report_json(report: ClassReport) -> dict[str, Any]:
+    """The --json document; its shape is documented in docs/grade-json-schema.md."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "gt": report.gt_path,
+        "test": report.test_path,
+        "files": [file_json(f) for f in report.files],
+        "summary": {
+            "files": len(report.files),
+            "graded": len(report.graded),
+            "errors": len(report.errors),
+            "mean": report.mean,
+        },
+    }
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def diff_segments(prediction: str, gt: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Character diff as (kind, text) runs for each side; kind is 'same', 'changed', 'extra' or 'missing'."""
+    matcher = difflib.SequenceMatcher(None, prediction, gt, autojunk=False)
+    pred_runs: list[tuple[str, str]] = []
+    gt_runs: list[tuple[str, str]] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            pred_runs.append(("same", prediction[i1:i2]))
+            gt_runs.append(("same", gt[j1:j2]))
+        else:
+            if i2 > i1:
+                pred_runs.append(("changed" if tag == "replace" else "extra", prediction[i1:i2]))
+            if j2 > j1:
+                gt_runs.append(("changed" if tag == "replace" else "missing", gt[j1:j2]))
+    return pred_runs, gt_runs
+
+
+def _poem_view(poem: PoemResult) -> dict[str, Any]:
+    # Diff verse by verse so that a line break in one side lines up with the other.
+    rows = []
+    for number in range(max(len(poem.verses), len(poem.gt_verses))):
+        pred = poem.verses[number] if number < len(poem.verses) else ""
+        gt = poem.gt_verses[number] if number < len(poem.gt_verses) else ""
+        pred_runs, gt_runs = diff_segments(pred, gt)
+        rows.append({"pred": pred_runs, "gt": gt_runs})
+    return {"poem": poem, "rows": rows}
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("tangpoem.grade", "templates"),
+    autoescape=True,  # every submitted string is escaped; a <script> in a results file is shown as text
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters["score"] = _fmt
+
+
+def render_html(report: ClassReport) -> str:
+    """A self-contained HTML page (inline CSS and JS, no network)."""
+    template = _ENV.get_template("report.html.j2")
+    files = [{"result": f, "poems": [_poem_view(p) for p in f.poems]} for f in report.files]
+    return template.render(report=report, files=files, mean_columns=_MEAN_COLUMNS, mean=report.mean)
