@@ -75,3 +75,20 @@ def test_wrong_length_verse():
                                              ("白日", "日白", 2), ("山水", "山水", 0)])
 def test_levenshtein(a, b, distance):
     assert levenshtein(a, b) == distance == levenshtein(b, a)
+
+
+def _reference_levenshtein(a, b):
+    table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return table[-1][-1]
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.text("山水花", max_size=12), st.text("山水花", max_size=12))
+def test_levenshtein_matches_the_textbook_table(a, b):
+    assert levenshtein(a, b) == _reference_levenshtein(a, b)
