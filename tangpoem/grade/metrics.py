@@ -8,6 +8,7 @@ higher is better, so the GT against itself scores 1 everywhere and an empty pred
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -56,14 +57,37 @@ class FormScores:
 
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute all cost 1); two-row DP."""
+    """Edit distance (insert, delete, substitute all cost 1); two-row DP.
+
+    A shared prefix and suffix cost nothing, so they are cut first: predictions often share
+    most of the GT, which makes the DP table much smaller.
+    """
+    start = 0
+    while start < len(a) and start < len(b) and a[start] == b[start]:
+        start += 1
+    end_a, end_b = len(a), len(b)
+    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
+        end_a -= 1
+        end_b -= 1
+    a, b = a[start:end_a], b[start:end_b]
     if len(a) < len(b):
         a, b = b, a
+    if not b:
+        return len(a)
     previous = list(range(len(b) + 1))
     for i, char_a in enumerate(a, start=1):
         current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        left = i
+        for j, char_b in enumerate(b):
+            # min of: delete (previous[j+1]+1), insert (left+1), substitute (previous[j]+cost)
+            diagonal = previous[j] + (char_a != char_b)
+            up = previous[j + 1] + 1
+            left = left + 1
+            if up < left:
+                left = up
+            if diagonal < left:
+                left = diagonal
+            current.append(left)
         previous = current
     return previous[-1]
 
@@ -78,7 +102,12 @@ ZERO_CONTENT = ContentScores(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 
 def content_scores(pred_verses: list[str], gt_verses: list[str]) -> ContentScores:
     """Content scores of predicted verses against GT verses (both already split, same view)."""
-    scored = pred_verses[: len(gt_verses)]
+    return _content_scores(tuple(pred_verses[: len(gt_verses)]), tuple(gt_verses))
+
+
+# Cached: the raw and normalised views are often the same strings, and classes share answers.
+@functools.lru_cache(maxsize=65536)
+def _content_scores(scored: tuple[str, ...], gt_verses: tuple[str, ...]) -> ContentScores:
     pred, gt = "".join(scored), "".join(gt_verses)
     if not pred or not gt:
         return ZERO_CONTENT
