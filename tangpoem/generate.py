@@ -80,8 +80,8 @@ def demo_rows(couplets: Sequence[str] = DEMO_COUPLETS) -> list[Row]:
 
 def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tuple[torch.nn.Module, Any, Path | None]:
     """Base model plus the adapter picked by `checkpoint_index` ("auto"), a given adapter dir, or none (None)."""
-    tokenizer = load_tokenizer(cfg)
     model = load_base_model(cfg)
+    tokenizer = load_tokenizer(cfg)
     if adapter == "auto":
         adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index)
     if adapter is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -51,8 +52,19 @@ def load_tokenizer(cfg: Config) -> Any:
     else:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+        with _loading(name):
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     return fix_pad_token(tokenizer)
+
+
+@contextlib.contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """A model id that is not on the hub or disk (or is gated) becomes one line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"config key 'model_name_or_path' = {name!r}: cannot load it ({first})") from None
 
 
 def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn.Module:
@@ -80,8 +92,9 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
                 bnb_4bit_use_double_quant=True,  # quantize the quantization constants too (~0.4 bit/param saved)
                 bnb_4bit_compute_dtype=dtype,  # weights are dequantized to this for each matmul
             )
-            kwargs["device_map"] = {"": device.index or 0}
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+            kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
+        with _loading(name):
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         if not cfg.load_in_4bit:
             model = model.to(device)
     model.config.use_cache = False  # training default; generation turns the cache back on

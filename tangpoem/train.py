@@ -180,7 +180,9 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     # 1. processes, seeds, device
     dist_info = setup_distributed()
     seed_everything(cfg.seed)
-    device = torch.device("cuda", dist_info.local_rank) if dist_info.world_size > 1 else resolve_device(cfg)
+    device = resolve_device(cfg)
+    if dist_info.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
     dtype = resolve_compute_dtype(cfg, device)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,8 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
 
     train_model: torch.nn.Module = model
     if dist_info.world_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist_info.local_rank])
+        device_ids = [dist_info.local_rank] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     autocast = (
         torch.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else contextlib.nullcontext()
     )
@@ -309,4 +312,6 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     if dist_info.is_main:
         atomic_write_json(output_dir / HISTORY_FILE, history)
     log(f"train: {total_steps - start_step} steps in {seconds:.1f} s; checkpoints in {output_dir}")
+    if dist_info.world_size > 1:
+        torch.distributed.destroy_process_group()
     return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds)

@@ -122,3 +122,18 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cours
     history = [h["loss"] for h in torch.load(list_checkpoints(interrupted)[-1] / "training_state.pt", weights_only=False)["history"]]
     straight_history = [h["loss"] for h in torch.load(list_checkpoints(tmp_path / "straight")[-1] / "training_state.pt", weights_only=False)["history"]]
     assert history == straight_history
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
+    """Two ranks (gloo on the CPU) share each global batch; the optimizer step is the same math."""
+    common = {**SMALL, "max_steps": 4, "data_dir": course_dir, "lora_dropout": 0.0}
+    _train_cli({**common, "output_dir": tmp_path / "single"})
+    sets = [a for k, v in {**common, "output_dir": tmp_path / "ddp"}.items() for a in ("--set", f"{k}={v}")]
+    result = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "tangpoem.cli", "train", "--config", "tiny-cpu", *sets])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("step 4/4") == 1  # only rank 0 logs
+    single, ddp = _adapter(tmp_path / "single"), _adapter(tmp_path / "ddp")
+    for name in single:
+        assert torch.allclose(single[name], ddp[name], atol=1e-5), name
