@@ -1,9 +1,19 @@
-"""tangpoem-nano: the small pre-trained Tang-poem model that ships inside the package."""
+"""tangpoem-nano: a small pre-trained Tang-poem model that ships inside the package.
+
+Mistral architecture (every code path but NF4 is the one Breeze takes), ~7 M parameters, one token
+per character. `scripts/pretrain_nano.py` makes it from the 全唐詩 corpus with the pieces below:
+the corpus reader, our held-out split, the tokenizer and the model shape.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import string
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -11,10 +21,114 @@ from tangpoem.errors import InputError
 
 NANO_NAME = "tangpoem-nano"
 NANO_DIR = Path(__file__).parent / "nano_model"  # config.json, model.safetensors, tokenizer.json
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+HELDOUT_EVERY = 100  # about 1 poem in 100 of the regular poems after the course's 5001 is held out
+
+
+# ----------------------------------------------------------------------------- the corpus
+
+@dataclass(frozen=True)
+class Poem:
+    index: int  # line number in tang_poems.jsonl, 0-based
+    title: str
+    paragraphs: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.paragraphs)
+
+
+def read_corpus(path: str | Path) -> Iterator[Poem]:
+    """Poems of tang_poems.jsonl ({"author", "title", "paragraphs": [...]}, one per line)."""
+    with open(path, encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            try:
+                record = json.loads(line)
+                paragraphs = tuple(str(p) for p in record["paragraphs"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise InputError(f"{path}:{index + 1}: not a poem record ({e})") from None
+            if paragraphs:
+                yield Poem(index, str(record.get("title", "")), paragraphs)
+
+
+VERSE_SPLIT = re.compile(r"[，。！？；、]")
+
+
+def regular_verses(poem: Poem) -> list[str] | None:
+    """The verses of a regular jueju or lüshi (4 or 8 verses, all 5 or all 7 characters), else None."""
+    verses = [v for v in VERSE_SPLIT.split(poem.text) if v]
+    if len(verses) in (4, 8) and len({len(v) for v in verses}) == 1 and len(verses[0]) in (5, 7):
+        if all(len(p) == 2 * len(verses[0]) + 2 for p in poem.paragraphs):  # each paragraph one punctuated couplet
+            return verses
+    return None
+
+
+def is_heldout(poem: Poem) -> bool:
+    """Our evaluation split: regular poems past the course's 5001 rows, picked by a hash of their text.
+    They are kept out of pre-training, and the course's fine-tuning rows never contain them."""
+    if poem.index < 5001 or regular_verses(poem) is None:
+        return False
+    return int(hashlib.sha1(poem.text.encode("utf-8")).hexdigest(), 16) % HELDOUT_EVERY == 0
+
+
+def heldout_rows(corpus_path: str | Path, limit: int | None = None) -> tuple[list[Any], list[str]]:
+    """Held-out poems in the course's test format: (rows with the first couplet as input, GT lines)."""
+    from tangpoem.data import Row
+    from tangpoem.prompt import INSTRUCTION
+
+    rows, gt = [], []
+    for poem in read_corpus(corpus_path):
+        if is_heldout(poem):
+            verses = regular_verses(poem)
+            assert verses is not None
+            rows.append(Row(INSTRUCTION, poem.paragraphs[0], "".join(poem.paragraphs[1:])))
+            gt.append("\t".join(verses[2:]))
+            if limit and len(rows) == limit:
+                break
+    return rows, gt
+
+
+# ----------------------------------------------------------------------------- tokenizer and model
+
+def build_tokenizer(texts: Iterable[str]) -> Any:
+    """One token per character of `texts`, plus printable ASCII and newline (the course prompt's
+    English and markup), with Llama's conventions: ▁ for spaces, BOS added, no pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = set(string.printable) | {"▁"}
+    for text in texts:
+        chars.update(text)
+    chars -= set(string.whitespace) - {"\n"}  # spaces become ▁; tabs and CRs are not in poems or the prompt
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(chars))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def model_config(tokenizer: Any) -> Any:
+    from transformers import MistralConfig
+
+    return MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        sliding_window=None,
+        tie_word_embeddings=True,  # keeps the shipped file under 20 MB
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+    )
 
 
 def load() -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) of the packaged nano model, on the CPU in float32."""
+    """(tokenizer, model) of the packaged nano model, in float32 (it ships in float16)."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     if not (NANO_DIR / "model.safetensors").is_file():

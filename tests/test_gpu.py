@@ -1,0 +1,81 @@
+"""The CUDA path: NF4 loading through bitsandbytes, LoRA training and generation on a GPU.
+
+Skipped on machines without CUDA (CI); run on the device with `pytest -m gpu tests/test_gpu.py`.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tangpoem import tiny
+from tangpoem.config import load_config
+from tangpoem.data import load_test_rows
+from tangpoem.generate import generate_test_results
+from tangpoem.model import load_base_model
+from tangpoem.train import train
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def small_mistral(tmp_path_factory) -> Path:
+    """A Mistral-shaped checkpoint on disk, loaded through from_pretrained like Breeze."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = tiny.build_tokenizer.__wrapped__(tiny.TINY_VOCAB_SIZES["tiny-mistral"])  # no pad token, as Breeze ships
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("small-mistral")
+    MistralForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def gpu_config(small_mistral, tmp_path, course_dir, **overrides):
+    values = dict(model_name_or_path=str(small_mistral), device="cuda", load_in_4bit=True, data_dir=str(course_dir),
+                  output_dir=str(tmp_path / "run"), num_train_data=64, max_steps=8, micro_batch_size=4, batch_size=8,
+                  learning_rate=1e-2, warmup_steps=0, save_steps=4, logging_steps=2, max_new_tokens=24)
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def test_nf4_double_quant_loading(small_mistral, tmp_path, course_dir):
+    import bitsandbytes as bnb
+
+    model = load_base_model(gpu_config(small_mistral, tmp_path, course_dir))
+    layers = [m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
+    state = layers[0].weight.quant_state
+    assert state.quant_type == "nf4" and state.nested  # NF4 with double quantization
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert layers[0].compute_dtype == expected
+    print(f"NF4 footprint: {model.get_memory_footprint() / 2**20:.1f} MiB on {torch.cuda.get_device_name()}")
+
+
+@pytest.mark.parametrize("compute_dtype", ["auto", "float16"])  # float16 is the T4's path (GradScaler)
+def test_train_and_generate_in_4bit(small_mistral, tmp_path, course_dir, compute_dtype):
+    cfg = gpu_config(small_mistral, tmp_path, course_dir, compute_dtype=compute_dtype)
+    result = train(cfg)
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert min(losses[-2:]) < losses[0]
+    assert [p.name for p in result.checkpoints] == ["checkpoint-4", "checkpoint-8"]
+    txt, js = generate_test_results(cfg)
+    lines = txt.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 15
+    for number, (line, row) in enumerate(zip(lines, load_test_rows(course_dir)), start=1):
+        assert line.startswith(f"{number}. {row.input}")
+    print(f"{compute_dtype}: losses {[round(x, 3) for x in losses]}; first poem: {lines[0]}")
+    assert len(json.loads(js.read_text(encoding="utf-8"))) == 15
+
+
+def test_resume_on_gpu(small_mistral, tmp_path, course_dir):
+    cfg = gpu_config(small_mistral, tmp_path, course_dir, max_steps=4, save_steps=2)
+    train(cfg)
+    longer = gpu_config(small_mistral, tmp_path, course_dir, max_steps=6, save_steps=2)
+    result = train(longer, resume=True)
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
