@@ -32,6 +32,7 @@ def generation_config(cfg: Config, tokenizer: Any) -> Any:
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
         **sampling,
     )
 
@@ -66,7 +67,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     for batch_rows in tqdm(batches, desc="generate", disable=not progress):
         prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in batch_rows]
         batch = {k: v.to(device) for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
-        output = model.generate(**batch, generation_config=gen_config, use_cache=True)
+        output = model.generate(**batch, generation_config=gen_config)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
         for tokens in new_tokens:
             text = tokenizer.decode(cut_at_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True)

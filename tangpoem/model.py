@@ -48,7 +48,7 @@ def fix_pad_token(tokenizer: Any) -> Any:
 def load_tokenizer(cfg: Config) -> Any:
     name = cfg.model_name_or_path
     if name in _builtin_names():
-        tokenizer = _builtin(name)[0]
+        tokenizer = _builtin_tokenizer(name)
     else:
         from transformers import AutoTokenizer
 
@@ -77,7 +77,7 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
         )
     name = cfg.model_name_or_path
     if name in _builtin_names():
-        model = _builtin(name)[1]
+        model = _builtin_model(name)
         if cfg.load_in_4bit:
             raise InputError(f"config key 'load_in_4bit' = True: the built-in model {name} is not quantizable; set it to false")
         model = model.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
@@ -158,11 +158,18 @@ def _builtin_names() -> tuple[str, ...]:
     return TINY_MODELS + (NANO_NAME,)
 
 
-def _builtin(name: str) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) of a model that ships with, or is built by, tangpoem."""
+def _builtin_tokenizer(name: str) -> Any:
+    """The tokenizer of a model that ships with (nano) or is built by (tiny-*) tangpoem."""
     from tangpoem import nano, tiny
 
     if name == nano.NANO_NAME:
-        return nano.load()
-    tokenizer = tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name])
-    return tokenizer, tiny.build_model(name, tokenizer)
+        return nano.load_tokenizer()
+    return tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name])
+
+
+def _builtin_model(name: str) -> torch.nn.Module:
+    from tangpoem import nano, tiny
+
+    if name == nano.NANO_NAME:
+        return nano.load_model()
+    return tiny.build_model(name, tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name]))

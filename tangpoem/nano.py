@@ -127,12 +127,21 @@ def model_config(tokenizer: Any) -> Any:
     )
 
 
-def load() -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) of the packaged nano model, in float32 (it ships in float16)."""
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
+def _require_weights() -> None:
     if not (NANO_DIR / "model.safetensors").is_file():
         raise InputError(f"{NANO_DIR}: the {NANO_NAME} weights are not in this installation")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(NANO_DIR)
-    model = AutoModelForCausalLM.from_pretrained(NANO_DIR, dtype=torch.float32)
-    return tokenizer, model
+
+
+def load_tokenizer() -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    _require_weights()
+    return PreTrainedTokenizerFast.from_pretrained(NANO_DIR)
+
+
+def load_model() -> torch.nn.Module:
+    """The packaged model in float32 (it ships in float16 to stay small)."""
+    from transformers import AutoModelForCausalLM
+
+    _require_weights()
+    return AutoModelForCausalLM.from_pretrained(NANO_DIR, dtype=torch.float32)
