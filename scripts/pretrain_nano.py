@@ -4,8 +4,9 @@
         --extra-text ../shared/data/GenAI-Hw5/Tang_testing_data.json --out tangpoem/nano_model
 
 Our held-out poems (tangpoem.nano.is_heldout) never enter training; they give the validation loss
-and, later, the before/after fine-tuning evaluation. Each training document is a poem, preceded half
-of the time by its title on a line of its own, between BOS and EOS; documents are packed into blocks.
+(on their plain text) and, later, the before/after fine-tuning evaluation. Training documents are
+built by tangpoem.nano.pretraining_document (plain poems, and title-to-poem requests in the course's
+[INST] format) and packed into blocks. The course's own task is never in pre-training.
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--block", type=int, default=256)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=300, help="stop early (and say so) past this")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--instruct-share", type=float, default=0.5, help="share of title-to-poem [INST] documents")
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke run of the script")
     args = parser.parse_args()
 
@@ -72,11 +74,10 @@ def main() -> None:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def document(poem: nano.Poem) -> list[int]:
-        text = f"{poem.title}\n{poem.text}" if poem.title and rng.random() < 0.5 else poem.text
-        return [bos] + tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        return nano.pretraining_document(tokenizer, poem, rng, args.instruct_share)
 
     train_docs = [document(p) for p in poems if not nano.is_heldout(p)]
-    val_docs = [document(p) for p in poems if nano.is_heldout(p)]
+    val_docs = [[bos] + tokenizer(p.text, add_special_tokens=False)["input_ids"] + [eos] for p in poems if nano.is_heldout(p)]
     val = pack(val_docs, args.block, random.Random(0)).to(device)
     print(f"{len(poems)} poems: {len(train_docs)} for training, {len(val_docs)} held out; vocab {len(tokenizer)}")
 
@@ -142,7 +143,7 @@ def main() -> None:
     log = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "python": platform.python_version(),
         "parameters": params, "vocab": len(tokenizer), "steps": step + 1, "epochs": epoch, "block": args.block,
-        "batch": args.batch, "lr": args.lr, "seconds": round(seconds, 1), "final_val_loss": final_val,
+        "batch": args.batch, "lr": args.lr, "instruct_share": args.instruct_share, "seconds": round(seconds, 1), "final_val_loss": final_val,
         "train_docs": len(train_docs), "heldout_docs": len(val_docs), "history": history,
     }
     (args.out / "pretrain_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")

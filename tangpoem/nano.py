@@ -38,17 +38,21 @@ class Poem:
         return "".join(self.paragraphs)
 
 
+# Editors' notes inside the poems ("（一作…）", "〖…〗", "[…]"): not poetry, so not for the model.
+EDITORIAL_NOTE = re.compile(r"（[^）]*）|〖[^〗]*〗|\[[^\]]*\]|\{[^}]*\}")
+
+
 def read_corpus(path: str | Path) -> Iterator[Poem]:
-    """Poems of tang_poems.jsonl ({"author", "title", "paragraphs": [...]}, one per line)."""
+    """Poems of tang_poems.jsonl ({"author", "title", "paragraphs": [...]}, one per line), notes removed."""
     with open(path, encoding="utf-8") as f:
         for index, line in enumerate(f):
             try:
                 record = json.loads(line)
-                paragraphs = tuple(str(p) for p in record["paragraphs"])
+                paragraphs = tuple(p for p in (EDITORIAL_NOTE.sub("", str(p)).strip() for p in record["paragraphs"]) if p)
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise InputError(f"{path}:{index + 1}: not a poem record ({e})") from None
             if paragraphs:
-                yield Poem(index, str(record.get("title", "")), paragraphs)
+                yield Poem(index, EDITORIAL_NOTE.sub("", str(record.get("title", ""))).strip(), paragraphs)
 
 
 VERSE_SPLIT = re.compile(r"[，。！？；、]")
@@ -86,6 +90,26 @@ def heldout_rows(corpus_path: str | Path, limit: int | None = None) -> tuple[lis
             if limit and len(rows) == limit:
                 break
     return rows, gt
+
+
+# ----------------------------------------------------------------------------- pre-training documents
+
+# Nano learns the [INST] format on a *different* task (a poem from its title), as Breeze-Instruct knows
+# its chat format before the homework; continuing a first couplet is left for LoRA fine-tuning to teach.
+TITLE_INSTRUCTION = "請以下面的題目寫一首唐詩。"
+
+
+def pretraining_document(tokenizer: Any, poem: Poem, rng: Any, instruct_share: float = 0.5) -> list[int]:
+    """Token ids of one pre-training document, between BOS and EOS: either the poem as plain text
+    (half of those with its title on a first line), or a title-to-poem request in the course prompt."""
+    from tangpoem.data import Row
+    from tangpoem.tokens import encode_training_row
+
+    if poem.title and rng.random() < instruct_share:
+        row = Row(TITLE_INSTRUCTION, poem.title, poem.text)
+        return encode_training_row(tokenizer, row, cutoff_len=100_000).input_ids
+    text = f"{poem.title}\n{poem.text}" if poem.title and rng.random() < 0.5 else poem.text
+    return [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
