@@ -116,7 +116,7 @@ def pretraining_document(tokenizer: Any, poem: Poem, rng: Any, instruct_share: f
 
 def build_tokenizer(texts: Iterable[str]) -> Any:
     """One token per character of `texts`, plus printable ASCII and newline (the course prompt's
-    English and markup), with Llama's conventions: ▁ for spaces, BOS added, no pad token."""
+    English and markup), with Llama's conventions otherwise: ▁ for spaces, BOS added, no pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -126,8 +126,11 @@ def build_tokenizer(texts: Iterable[str]) -> Any:
     chars -= set(string.whitespace) - {"\n"}  # spaces become ▁; tabs and CRs are not in poems or the prompt
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(chars))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    # No ▁ prefix before the first word: with one token per character a lone "▁" would start every
+    # answer, and the homework's no_repeat_ngram_size=3 then forbids it after "[/INST]" (the prompt
+    # already holds "INST]▁" from "[INST] <<SYS>>"). Breeze's "▁綺"-style pieces never hit this.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
