@@ -321,3 +321,25 @@ def grades_table(result: Any) -> Table:
              *(fmt(get(p)) for _, get in SCORE_COLUMNS)] for p in result.poems]
     rows.append(["mean", "", "", *(fmt(result.mean[k]) for k in MEAN_KEYS)])
     return Table(["#", "couplet 上聯", "prediction 預測", *(name for name, _ in SCORE_COLUMNS)], rows)
+
+
+# ----------------------------------------------------------------------------- 02: model memory, 03/06: poems
+
+def quantization_config_for(cfg: Config) -> Any:
+    """The BitsAndBytesConfig `load_base_model` uses with load_in_4bit: this GPU's compute dtype,
+    or a T4's (float16) when there is no GPU, so the CPU notebook still shows the homework's setup."""
+    from tangpoem.model import quantization_config, resolve_compute_dtype, resolve_device
+
+    dtype = resolve_compute_dtype(cfg, resolve_device(cfg)) if torch.cuda.is_available() else torch.float16
+    return quantization_config(dtype)
+
+
+def weight_memory(num_parameters: int) -> Table:
+    """Memory for the weights alone at each precision (activations, LoRA and optimizer come on top)."""
+    bits = {"float32": 32, "float16 / bfloat16": 16, "int8": 8, "NF4 + double quant": 4.127}  # 4 + 8/64 + 32/(64*256)
+    return Table(["precision 精度", "bits/param", "weights 權重 (GiB)"],
+                 [[name, b, f"{num_parameters * b / 8 / 2**30:.2f}"] for name, b in bits.items()])
+
+
+def poems_table(couplets: Sequence[str], poems: Sequence[str], heading: str = "continuation 續寫") -> Table:
+    return Table(["couplet 上聯", heading], [[c, p] for c, p in zip(couplets, poems)])
