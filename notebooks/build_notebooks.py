@@ -391,13 +391,11 @@ resume = False  # continue from the latest checkpoint in output_dir (after a dis
     ("code", config_cell(NB05_KNOBS, for_machine=True) + "\nprint(f\"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}\")"),
     ("md", """## LoRA
 
-這是會加到模型上的 LoRA 設定。訓練開始時會印出可訓練參數占全部的比例（通常不到 1%）。
+LoRA 在每個目標線性層旁加上兩個小矩陣 B·A（秩 r），原本的權重 W 凍結不動：輸出是 W·x + (alpha/r)·B·A·x。訓練開始時會印出可訓練參數占全部的比例（通常不到 1%）。
 
-The LoRA adapters to be added; training prints the share of trainable parameters (usually under 1%)."""),
-    ("code", """from tangpoem.model import lora_config
-
-print(notebook.prepare_data(cfg.data_dir))
-lora_config(cfg)"""),
+Beside each target layer LoRA adds B·A of rank r while W stays frozen: W·x + (alpha/r)·B·A·x. Training prints the share of trainable parameters (usually under 1%)."""),
+    ("code", """print(notebook.prepare_data(cfg.data_dir))
+notebook.lora_table(cfg)"""),
     ("md", """## 訓練 Train
 
 進度條顯示步數與目前的 loss；每 `save_steps` 步存一個 checkpoint 到 `output_dir`。Colab 斷線後設 `resume = True` 重跑這格，會從最後一個 checkpoint 接著訓練。

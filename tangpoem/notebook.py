@@ -138,7 +138,7 @@ class Table:
             text = f"{value:.3f}" if isinstance(value, float) else str(value)
             return text.replace("|", "\\|").replace("\n", "<br>")
 
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
@@ -334,11 +334,29 @@ def quantization_config_for(cfg: Config) -> Any:
     return quantization_config(dtype)
 
 
+BREEZE_PARAMETERS = 7_490_000_000  # Breeze-7B-Instruct v0.1, for scale
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
 def weight_memory(num_parameters: int) -> Table:
-    """Memory for the weights alone at each precision (activations, LoRA and optimizer come on top)."""
+    """Memory for the weights alone at each precision, for this model and for a 7B one
+    (activations, LoRA and the optimizer come on top)."""
     bits = {"float32": 32, "float16 / bfloat16": 16, "int8": 8, "NF4 + double quant": 4.127}  # 4 + 8/64 + 32/(64*256)
-    return Table(["precision 精度", "bits/param", "weights 權重 (GiB)"],
-                 [[name, b, f"{num_parameters * b / 8 / 2**30:.2f}"] for name, b in bits.items()])
+    return Table(["precision 精度", "bits/param", f"this model ({num_parameters:,} params)", "Breeze-7B (7.49 B)"],
+                 [[name, b, _size(num_parameters * b / 8), _size(BREEZE_PARAMETERS * b / 8)] for name, b in bits.items()])
+
+
+def lora_table(cfg: Config) -> Table:
+    """The LoRA knobs and what they mean for the adapters added to each target module."""
+    return Table(["knob", "value", "meaning 意義"], [
+        ["lora_r", cfg.lora_r, "rank of A (r×in) and B (out×r); the update is B·A"],
+        ["lora_alpha", cfg.lora_alpha, f"the update is scaled by alpha / r = {cfg.lora_alpha / cfg.lora_r:g}"],
+        ["lora_dropout", cfg.lora_dropout, "dropout on the adapter's input while training"],
+        ["lora_target_modules", ", ".join(cfg.lora_target_modules), "the linear layers that get adapters"],
+    ])
 
 
 def poems_table(couplets: Sequence[str], poems: Sequence[str], heading: str = "continuation 續寫") -> Table:

@@ -94,7 +94,8 @@ def _failure(notebook: Path, output: Path, error: Exception) -> str:
     count = getattr(error, "exec_count", None)
     ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
     evalue = (str(evalue).strip().splitlines() or [""])[-1]
-    where = f"cell {cell} (execution count {count})" if cell is not None else "before any cell ran"
+    # 1-based, counting the cell papermill injects after `parameters`, as in the executed copy
+    where = f"cell {cell + 1} (In [{count}])" if cell is not None else "before any cell ran"
     return f"{notebook.name}: {where}: {ename}: {evalue} (the failing cell is marked in {output})"
 
 
@@ -147,7 +148,7 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
         started = time.perf_counter()
         log(f"run  {nb.name} ...")
         try:
-            papermill.execute_notebook(str(nb), run.output, kernel_name=KERNEL_NAME, cwd=str(out),
+            papermill.execute_notebook(str(nb), run.output, kernel_name=KERNEL_NAME, language="python", cwd=str(out),
                                        parameters={k: v for k, v in values.items() if k in declared[nb]},
                                        progress_bar=False)
         except PapermillExecutionError as e:
