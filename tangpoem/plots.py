@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from tangpoem.io import atomic_write_bytes
 
@@ -153,6 +154,7 @@ def loss_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     ax = fig.subplots()
     ax.plot(steps, [h["loss"] for h in history], marker="." if len(steps) < 50 else None, color=KEPT)
     ax.set_xlabel("optimizer step 更新步數")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("training loss 訓練損失", color=KEPT)
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [h["learning_rate"] for h in history], color="grey", linestyle=":")
