@@ -113,13 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Sub-commands that live beside their own code (grading, notebooks, demo)."""
     from tangpoem.grade.cli import add_grade_arguments, run_grade
+    from tangpoem.notebooks import add_notebooks_arguments, run_notebooks
 
     def grade(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser("grade", help="score results.txt files against Tang_testing_gt.txt")
         add_grade_arguments(p)
         p.set_defaults(func=run_grade)
 
-    return [grade]
+    def notebooks(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("notebooks", help="run the teaching notebooks headless (papermill)")
+        add_notebooks_arguments(p)
+        p.set_defaults(func=run_notebooks)
+
+    return [grade, notebooks]
 
 
 def main(argv: list[str] | None = None) -> int:

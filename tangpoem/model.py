@@ -67,6 +67,18 @@ def _loading(name: str) -> Iterator[None]:
         raise InputError(f"config key 'model_name_or_path' = {name!r}: cannot load it ({first})") from None
 
 
+def quantization_config(compute_dtype: torch.dtype) -> Any:
+    """The homework's 4-bit setup: NF4 weights, double quantization, matmuls in `compute_dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # NormalFloat4: quantiles of a normal distribution, fits weight statistics
+        bnb_4bit_use_double_quant=True,  # quantize the quantization constants too (~0.4 bit/param saved)
+        bnb_4bit_compute_dtype=compute_dtype,  # weights are dequantized to this for each matmul
+    )
+
+
 def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn.Module:
     """The base model, quantized to NF4 (double quantization) when `load_in_4bit` and on CUDA."""
     device = device or resolve_device(cfg)
@@ -82,16 +94,11 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
             raise InputError(f"config key 'load_in_4bit' = True: the built-in model {name} is not quantizable; set it to false")
         model = model.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
     else:
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM
 
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
         if cfg.load_in_4bit:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",  # NormalFloat4: quantiles of a normal distribution, fits weight statistics
-                bnb_4bit_use_double_quant=True,  # quantize the quantization constants too (~0.4 bit/param saved)
-                bnb_4bit_compute_dtype=dtype,  # weights are dequantized to this for each matmul
-            )
+            kwargs["quantization_config"] = quantization_config(dtype)
             kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
         with _loading(name):
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
@@ -120,12 +127,11 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
     return model
 
 
-def add_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
-    """Wrap the base model with fresh LoRA adapters, after preparing it for training."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg: Config) -> Any:
+    """The LoRA adapters the config asks for: rank r matrices beside each target module, scaled by alpha/r."""
+    from peft import LoraConfig
 
-    model = prepare_for_training(model, cfg)
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
@@ -133,8 +139,15 @@ def add_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def add_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """Wrap the base model with fresh LoRA adapters, after preparing it for training."""
+    from peft import get_peft_model
+
+    model = prepare_for_training(model, cfg)
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora_config(cfg))
     except ValueError as e:  # e.g. a target module the architecture does not have
         raise InputError(f"config key 'lora_target_modules': {e}") from None
 

@@ -1,0 +1,531 @@
+"""Writes notebooks/NN_*.ipynb from the cell lists below (outputs stripped). The .ipynb files are the
+product and are committed; edit here, then run `python notebooks/build_notebooks.py`.
+
+A cell is ("md", text), ("code", text) or ("parameters", text): the one cell papermill overrides.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+COLAB = "https://colab.research.google.com/github/tangpoem/tangpoem/blob/main/notebooks"
+
+
+def header(name: str, title: str, intro: str) -> list[tuple[str, str]]:
+    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB}/{name}.ipynb)"
+    return [("md", f"# {title}\n\n{badge}\n\n{intro}")]
+
+
+PARAMS_MD = ("md", """## 參數 Parameters
+
+這一格是 papermill 的 `parameters` 格：所有可調的旋鈕都在這裡，預設值就是作業的設定（Breeze-7B）。
+`config_file` 是起點（`None` = 作業預設；也可以是 `configs/` 裡的名字，例如 `"nano-cpu"`），下面的旋鈕再蓋過它。
+
+Every knob lives in this cell (tagged `parameters`); defaults are the homework's. `config_file` gives the
+starting values and the knobs below override it. `tangpoem notebooks run` sets all of them for you.""")
+
+INSTALL_MD = ("md", """## 安裝 Install (Colab)
+
+在 Colab 的新執行環境裡從 GitHub 安裝 tangpoem；已經裝好（例如在 CI 或本機）時這格什麼都不做。
+In a fresh Colab runtime this installs tangpoem from the repository; where it is importable it does nothing.""")
+
+INSTALL = '''import importlib.util
+
+if importlib.util.find_spec("tangpoem") is None:  # only in a fresh runtime (Colab)
+    %pip install -q "tangpoem[notebooks] @ git+{REPO_URL}"'''
+
+CONFIG_MD = ("md", """## 設定 Config
+
+把參數組成一個 `Config`（驗證過：打錯的值會在這裡就被擋下）。每本筆記本都在新的 kernel 裡執行，
+彼此只透過 `output_dir` 裡的檔案溝通；在 Colab 設 `mount_drive = True`，`output_dir` 會放到 Google Drive。
+
+The parameters become one validated `Config`. Each notebook runs in a fresh kernel; they share state only
+through files in `output_dir` (on Google Drive when `mount_drive = True` in Colab).""")
+
+COMMON_PARAMS = '''config_file = None  # None: the homework's defaults; or a file or name in configs/, e.g. nano-cpu
+REPO_URL = "https://github.com/tangpoem/tangpoem"  # where Colab installs tangpoem from
+mount_drive = False  # Colab only: keep output_dir on Google Drive (survives disconnects, shared by notebooks)
+output_dir = "outputs/run"  # checkpoints, results.txt, figures: shared by all seven notebooks'''
+
+MODEL_PARAMS = '''model_name_or_path = "MediaTek-Research/Breeze-7B-Instruct-v0_1"  # or "taide/TAIDE-LX-7B-Chat" (gated)
+load_in_4bit = True  # NF4 on a CUDA GPU; off on CPU'''
+
+
+def config_cell(knobs: list[str], for_machine: bool = False) -> str:
+    """The cell after the parameters: knob=knob pairs, four to a line."""
+    pairs = [f"{k}={k}" for k in knobs] + ["output_dir=notebook.on_drive(output_dir, mount_drive)"]
+    lines = ["    " + ", ".join(pairs[i : i + 4]) + "," for i in range(0, len(pairs), 4)]
+    build = "notebook.config_from_parameters(config_file, dict(\n" + "\n".join(lines) + "\n))"
+    if for_machine:
+        return f"from tangpoem import notebook, plots\n\ncfg = notebook.for_this_machine({build})\nprint(cfg.model_name_or_path, '->', cfg.output_dir)"
+    return f"from tangpoem import notebook, plots\n\ncfg = {build}\nprint(cfg.model_name_or_path, '->', cfg.output_dir)"
+
+
+def preamble(params: str, knobs: list[str], for_machine: bool = False) -> list[tuple[str, str]]:
+    return [PARAMS_MD, ("parameters", params), INSTALL_MD, ("code", INSTALL), CONFIG_MD,
+            ("code", config_cell(knobs, for_machine))]
+
+
+SHOW_FIG = "plots.save_png(fig, notebook.figure_path(cfg, {name!r}))\nfig"
+
+# ----------------------------------------------------------------------------- 01
+
+NB01 = header("01_setup", "01 · 環境設定 Setup", """作業五：用 4-bit NF4 + LoRA 微調一個 7B 語言模型（Breeze-7B 或 TAIDE-7B），
+給它唐詩的第一聯，讓它寫完整首詩。這本筆記本準備環境：安裝、GPU、亂數種子、資料、Google Drive、Hugging Face 登入。
+
+HW5: fine-tune a 7B LLM with 4-bit NF4 + LoRA so that, given the first couplet of a Tang poem, it writes the
+rest. This notebook prepares the runtime: install, GPU check, seeds, data, Google Drive and the hub login.
+Notebooks 02–07 follow in order.""") + [
+    PARAMS_MD,
+    ("parameters", COMMON_PARAMS + '''
+model_name_or_path = "MediaTek-Research/Breeze-7B-Instruct-v0_1"  # TAIDE ("taide/TAIDE-LX-7B-Chat") needs a hub login
+data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5 (downloaded below if missing)
+seed = 42  # the same seed gives the same shuffling, LoRA init and sampling'''),
+    INSTALL_MD,
+    ("code", INSTALL),
+    CONFIG_MD,
+    ("code", config_cell(["model_name_or_path", "data_dir", "seed"])),
+    ("md", """## GPU 檢查 GPU check
+
+4-bit NF4（bitsandbytes）需要 CUDA GPU；Colab 免費的 T4 有 15 GB，沒有 bf16，所以用 fp16 計算。
+沒有 GPU 時請用 `configs/nano-cpu.yaml`（內建的小模型 tangpoem-nano）。
+
+4-bit NF4 needs a CUDA GPU. A free Colab T4 has 15 GB and no bf16 (fp16 is used). Without a GPU, use
+`configs/nano-cpu.yaml`: tangpoem-nano, a small Tang-poem model that ships with tangpoem."""),
+    ("code", "print(notebook.describe_device())"),
+    ("md", """## 固定亂數種子 Fixed seeds
+
+同一個種子 → 同樣的資料順序、LoRA 初始值與抽樣結果。後面每一本筆記本的訓練與生成都會用 `cfg.seed` 自己再設一次
+（每本都是新的 kernel）。
+
+Same seed, same data order, LoRA initialisation and samples. Training and generation seed themselves from
+`cfg.seed` again in later notebooks, since each runs in a fresh kernel."""),
+    ("code", "from tangpoem.train import seed_everything\n\nseed_everything(cfg.seed)\nprint(f\"seed = {cfg.seed}\")"),
+    ("md", """## 資料 Data
+
+課程的三個檔案：`Tang_training_data.json`（5001 筆）、`Tang_testing_data.json`（15 首）、`Tang_testing_gt.txt`（答案）。
+已經在 `data_dir` 就直接用；沒有的話從固定的 commit 下載並檢查 SHA-256。
+
+The course's three files. If they are in `data_dir` they are used as they are; otherwise they are downloaded
+from a pinned commit and checked against their SHA-256."""),
+    ("code", "print(notebook.prepare_data(cfg.data_dir))"),
+    ("md", """## Google Drive（選用 optional）
+
+Colab 斷線時執行環境裡的檔案會消失，而且每本筆記本在 Colab 都有自己的執行環境。`mount_drive = True` 會掛載
+Google Drive，並把相對路徑的 `output_dir` 放到 `MyDrive/tangpoem/` 底下，checkpoint 才留得住。不在 Colab 時不做事。
+
+A Colab disconnect loses the runtime's files, and each notebook gets its own runtime. With `mount_drive = True`
+the config cell above mounted Drive and moved a relative `output_dir` under `MyDrive/tangpoem/`."""),
+    ("code", "print(f\"output_dir: {cfg.output_dir}\")"),
+    ("md", """## Hugging Face 登入 Hub login（TAIDE）
+
+TAIDE 是 gated 模型，要先在模型頁面同意條款，再登入。**token 絕不寫進筆記本**：這格依序用環境變數 `HF_TOKEN`、
+Colab 的 🔑 Secrets（名稱 `HF_TOKEN`），最後才用隱藏輸入框詢問；token 不會被印出或存進輸出。Breeze 不需要登入。
+
+TAIDE is gated: accept its terms on the model page, then log in. The token never goes into the notebook: it is
+read from `$HF_TOKEN`, a Colab secret named `HF_TOKEN`, or a hidden prompt, and is never printed.
+Headless runs skip the prompt (set `HF_TOKEN` in the environment instead). Breeze needs no login."""),
+    ("code", "print(notebook.hub_login(cfg.model_name_or_path))"),
+    ("md", "下一步 Next: **02 · 模型與 tokenizer**（4-bit 載入、tokenizer、attention mask）。"),
+]
+
+# ----------------------------------------------------------------------------- 02
+
+NB02_KNOBS = ["model_name_or_path", "load_in_4bit", "compute_dtype", "device", "trust_remote_code"]
+NB02 = header("02_model_and_tokenizer", "02 · 模型與 Tokenizer  Model and tokenizer", """載入模型（在 GPU 上用 4-bit NF4），
+看 tokenizer 怎麼把文字變成 token id，以及為什麼批次 padding 一定要搭配 attention mask。
+
+Load the model (4-bit NF4 on a GPU), watch the tokenizer turn text into token ids, and see why a padded
+batch needs its attention mask.""") + preamble(COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
+compute_dtype = "auto"  # auto: bf16 where the GPU has it, fp16 on a T4, fp32 on CPU
+device = "auto"  # auto | cuda | cpu
+trust_remote_code = False  # only when a model card asks for it
+example_text = "相見時難別亦難，東風無力百花殘。"  # the text the tokenizer cells take apart''', NB02_KNOBS, for_machine=True) + [
+    ("md", """## 4-bit NF4 量化設定 The quantization config
+
+7B 模型的權重用 fp16 要約 14 GB，T4 放不下還要訓練；NF4 每個參數只用 4 bits（依常態分布的分位數設計，適合權重的分布），
+double quantization 再把量化常數也量化（每參數約省 0.4 bit）。矩陣乘法時權重暫時還原成 `bnb_4bit_compute_dtype`。
+沒有 GPU 時這裡只「顯示」會用的設定（T4 的 fp16），模型本身不量化載入。
+
+A 7B model's fp16 weights take ~14 GB: too much for a T4 that must also train. NF4 stores each weight in 4
+bits (quantiles of a normal distribution, matching how weights are spread); double quantization also
+quantizes the scaling constants. Each matmul dequantizes to `bnb_4bit_compute_dtype`. On a CPU this cell shows
+the config a T4 would use; the model below is then loaded without 4-bit."""),
+    ("code", "notebook.quantization_config_for(cfg).to_dict()"),
+    ("md", "## 載入模型與 tokenizer  Load the model and tokenizer"),
+    ("code", """from tangpoem.model import load_base_model, load_tokenizer
+
+model, tokenizer = load_base_model(cfg), load_tokenizer(cfg)
+print(f"{model.num_parameters():,} parameters, {model.get_memory_footprint() / 2**30:.2f} GiB in memory")"""),
+    ("md", "同樣的參數量在不同精度下權重要多少記憶體 — weights alone, at each precision, for this model's size:"),
+    ("code", "notebook.weight_memory(model.num_parameters())"),
+    ("md", """## Tokenizer 實際運作 The tokenizer at work
+
+`input_ids` 是 token 的編號（開頭的 BOS `<s>` 是 tokenizer 自動加的），`attention_mask` 標出哪些位置是真的內容（1）。
+`convert_ids_to_tokens` 看每個 id 對應的 token，`decode` 把 id 變回文字。
+
+`input_ids` are token numbers (the tokenizer adds BOS `<s>` in front); `attention_mask` marks real tokens
+with 1. `convert_ids_to_tokens` shows each token, `decode` turns ids back into text."""),
+    ("code", """encoded = tokenizer(example_text)
+print("input_ids:     ", encoded["input_ids"])
+print("attention_mask:", encoded["attention_mask"])
+print("tokens:        ", tokenizer.convert_ids_to_tokens(encoded["input_ids"]))
+print("decoded:       ", tokenizer.decode(encoded["input_ids"]))"""),
+    ("md", """## Padding 與 attention mask
+
+一個批次裡的句子長短不同，短的要補 pad。生成時補在**左邊**，新的 token 才會接在每句最後面。
+pad 的位置 `attention_mask` 是 0。
+
+Rows of a batch differ in length, so short ones are padded. For generation the padding goes on the **left**, so
+new tokens follow each prompt; padded positions have attention mask 0."""),
+    ("code", """tokenizer.padding_side = "left"
+batch = tokenizer([example_text[:7], example_text], padding=True, return_tensors="pt")
+print(batch["input_ids"])
+print(batch["attention_mask"])"""),
+    ("md", """拿掉 attention mask 會怎樣？下表比較每一句「單獨跑」、「補 pad 並帶 mask」、「補 pad 但不帶 mask」時下一個 token 的 logits。
+帶 mask 時和單獨跑幾乎一樣（差異只是浮點誤差）；不帶 mask 時模型把 pad 也當成內容讀進去，輸出就變了。沒有補 pad 的那一句則不受影響。
+
+What if the mask is left out? The table compares each row's next-token logits run alone, padded with the mask,
+and padded without it. With the mask they match (float noise); without it the model reads the pads as text
+and its output changes. The unpadded row is unaffected."""),
+    ("code", "notebook.attention_mask_demo(model, tokenizer, [example_text[:7], example_text])"),
+    ("md", "下一步 Next: **03 · 解碼**（temperature、top-k、top-p、長度、no-repeat n-gram）。"),
+]
+
+# ----------------------------------------------------------------------------- 03
+
+GEN_PARAMS = '''seed = 42  # sampling is reproducible for a given seed
+do_sample = True  # False: greedy, always the most likely token
+temperature = 0.1  # < 1 sharpens the distribution, > 1 flattens it
+top_k = 50  # sample only among the k most likely tokens (0 turns it off)
+top_p = 0.3  # ... and among the fewest tokens whose probabilities add up to p
+no_repeat_ngram_size = 3  # never repeat any 3 tokens in a row
+max_new_tokens = 128  # the longest answer, in tokens'''
+NB03_KNOBS = ["model_name_or_path", "load_in_4bit", "prompt_mode", "seed", "do_sample", "temperature", "top_k",
+              "top_p", "no_repeat_ngram_size", "max_new_tokens"]
+NB03 = header("03_decoding", "03 · 解碼 Decoding", """模型每一步只給出「下一個 token 的機率分布」；怎麼從分布裡挑 token 就是解碼。
+這裡用模型真正的分布看 temperature、top-k、top-p，再看最大長度與 no-repeat n-gram，最後記下**微調前**模型對作業三個示範上聯的回答。
+
+At each step the model gives a distribution over the next token; decoding is how a token is picked from it.
+We look at temperature, top-k and top-p on the model's real distributions, then at the length limit and
+no-repeat n-grams, and keep the model's poems for the homework's three demo couplets **before fine-tuning**.""") + preamble(
+    COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
+prompt_mode = "course"  # the homework's [INST] <<SYS>> prompt
+''' + GEN_PARAMS + '''
+temperatures = [0.1, 0.5, 1.0, 2.0]  # the temperatures drawn side by side
+answer_prefix = "春蠶到死"  # the start of an answer, so we look at a next character mid-verse
+top_n = 20  # candidates drawn in the plots''', NB03_KNOBS, for_machine=True) + [
+    ("md", "## 載入模型（還沒微調） Load the base model (no adapter)"),
+    ("code", """from tangpoem.generate import DEMO_COUPLETS, demo_rows, generate, load_for_generation
+
+model, tokenizer, _ = load_for_generation(cfg, adapter=None)"""),
+    ("md", """## 下一個 token 的分布 The next-token distribution
+
+給模型作業的 prompt（第一個示範上聯）加上答案的開頭 `answer_prefix`，看它對下一個字的前 `top_n` 個候選。
+
+The homework prompt for the first demo couplet, plus the start of an answer; these are the model's `top_n`
+candidates for the next character."""),
+    ("code", """dist = notebook.next_token_distribution(model, tokenizer, cfg, DEMO_COUPLETS[0], answer_prefix, top_n)
+notebook.poems_table([dist.context], [" ".join(dist.top_labels)], f"top {top_n} next tokens")"""),
+    ("md", """## Temperature 溫度
+
+抽樣前 logits 先除以 T：T < 1 讓高機率的更高（作業用 0.1，幾乎等於 greedy），T > 1 讓分布變平、更隨機。
+
+Logits are divided by T before the softmax: T < 1 sharpens (the homework's 0.1 is nearly greedy), T > 1
+flattens and makes samples more random."""),
+    ("code", """fig = plots.temperature_figure(dist.top_labels, {t: dist.top_probs(t) for t in temperatures})
+""" + SHOW_FIG.format(name="03_temperature")),
+    ("md", """## Top-k 與 top-p
+
+top-k 只留機率最高的 k 個；top-p（nucleus）留下「機率加總剛好達到 p」的最少幾個。被濾掉的（灰色）不會被抽到。
+這張圖在 T = 1 下畫，判斷保留與否用的是 transformers 生成時同一套 warper。
+
+top-k keeps the k most likely tokens; top-p (nucleus) keeps the fewest whose probabilities reach p. Grey tokens
+can never be sampled. Drawn at T = 1, with the same warpers `generate` uses deciding what is kept."""),
+    ("code", """fig = plots.top_k_top_p_figure(dist.top_labels, dist.top_probs(), dist.kept(top_k=top_k), dist.kept(top_p=top_p), top_k, top_p)
+""" + SHOW_FIG.format(name="03_top_k_top_p")),
+    ("md", """## 最大長度與 no-repeat n-gram  Length and repetition
+
+`max_new_tokens` 是答案最多幾個 token（到了就停，即使詩還沒寫完）；`no_repeat_ngram_size = 3` 禁止任何連續 3 個 token 重複出現，
+避免模型原地打轉。同一個上聯，不同設定：
+
+`max_new_tokens` caps the answer (it stops there even mid-poem); `no_repeat_ngram_size = 3` forbids any
+3 tokens from appearing twice, so the model cannot loop. One couplet, several settings:"""),
+    ("code", """notebook.compare_decoding(model, tokenizer, cfg, DEMO_COUPLETS[0], {
+    "greedy (do_sample=False)": dict(do_sample=False, no_repeat_ngram_size=0),
+    "greedy + no_repeat_ngram_size=3": dict(do_sample=False, no_repeat_ngram_size=3),
+    "T=1.0, top_k=0, top_p=1.0 (pure sampling)": dict(temperature=1.0, top_k=0, top_p=1.0),
+    "homework 作業設定": {},
+    "homework, max_new_tokens=12": dict(max_new_tokens=12),
+})"""),
+    ("md", """## 微調前的詩 Poems before fine-tuning
+
+作業的三個示範上聯，用作業的解碼設定。結果存進 `output_dir`，06 會把它們和微調後的放在一起比較。
+
+The homework's three demo couplets with the homework's decoding. Saved in `output_dir` for 06's before/after table."""),
+    ("code", """before = generate(model, tokenizer, demo_rows(DEMO_COUPLETS), cfg)
+print(notebook.save_demo_poems(cfg, DEMO_COUPLETS, before))
+notebook.poems_table(DEMO_COUPLETS, before, "before fine-tuning 微調前")"""),
+    ("md", "下一步 Next: **04 · 資料與 token**（資料集、prompt、label mask）。"),
+]
+
+# ----------------------------------------------------------------------------- 04
+
+NB04_KNOBS = ["model_name_or_path", "prompt_mode", "data_dir", "num_train_data", "cutoff_len"]
+NB04 = header("04_data_and_tokens", "04 · 資料與 Token  Data and tokens", """訓練資料長什麼樣子、多長、
+作業的 prompt，以及最重要的：**loss 只看哪些 token**（label mask）。
+
+What the training rows look like, how long they are, the homework's prompt and, most important, **which
+tokens the loss learns** (the label mask).""") + preamble(COMMON_PARAMS + '''
+model_name_or_path = "MediaTek-Research/Breeze-7B-Instruct-v0_1"  # only its tokenizer is loaded here
+prompt_mode = "course"  # the homework's [INST] <<SYS>> prompt
+data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
+num_train_data = 1040  # the first N of the 5001 rows, as in the homework
+cutoff_len = 256  # tokens per row; the answer is cut, never the prompt
+example_index = 0  # the row drawn token by token''', NB04_KNOBS) + [
+    ("md", "## 資料集 The dataset\n\n每筆有 instruction、input（第一聯）、output（詩的其餘部分）。 Each row: instruction, input (the first couplet), output (the rest)."),
+    ("code", """from tangpoem.data import load_train_rows
+
+print(notebook.prepare_data(cfg.data_dir))
+rows = load_train_rows(cfg.data_dir, cfg.num_train_data)
+notebook.rows_table(rows, limit=3)"""),
+    ("md", """## Tokenize 與長度 Tokenizing and lengths
+
+每筆變成 prompt + 答案 + EOS 的 token；超過 `cutoff_len` 的只截答案。左圖是答案的字數（五言/七言、絕句/律詩），右圖是每筆的 token 數。
+
+Each row becomes prompt + answer + EOS tokens; past `cutoff_len` only the answer is cut. Left: answer length in
+characters (5- or 7-character verses, 4 or 8 of them); right: tokens per row against `cutoff_len`."""),
+    ("code", """from tangpoem.model import load_tokenizer
+from tangpoem.tokens import encode_training_rows
+
+tokenizer = load_tokenizer(cfg)
+encoded = encode_training_rows(tokenizer, rows, cfg.cutoff_len, cfg.prompt_mode)
+print(encoded.summary())"""),
+    ("code", """fig = plots.length_figure([len(r.output) for r in rows], [len(r.input_ids) for r in encoded.rows], cfg.cutoff_len)
+""" + SHOW_FIG.format(name="04_lengths")),
+    ("md", """## 作業的 prompt  The course prompt
+
+訓練和生成用同一個函式組 prompt（只有一份）。模型的答案接在 `[/INST]` 後面。
+
+Training and generation build the prompt with the same function; the answer follows `[/INST]`."""),
+    ("code", """from tangpoem.prompt import build_prompt
+
+row = rows[example_index]
+print(build_prompt(tokenizer, row.instruction, row.input, cfg.prompt_mode))
+print(row.output)"""),
+    ("md", """## Label mask：loss 看哪些 token
+
+`labels` 和 `input_ids` 一樣長；prompt 的位置設成 `IGNORE_INDEX`（-100），loss 不算它們，模型只學「接下來的詩」和結尾的 EOS `</s>`
+（學會 EOS 才知道什麼時候停）。橘色 = 計入 loss，淺色 = 被遮住。
+
+`labels` has one entry per token; prompt positions are `IGNORE_INDEX` (-100) and left out of the loss, so the
+model learns the rest of the poem and the closing EOS (which teaches it to stop). Orange: learned; pale: masked."""),
+    ("code", """tokens, learned = notebook.row_tokens(tokenizer, encoded.rows[example_index].input_ids, encoded.rows[example_index].labels)
+fig = plots.label_mask_figure(tokens, learned, per_line=20)
+""" + SHOW_FIG.format(name="04_label_mask")),
+    ("md", """## 一個批次 A batch
+
+`collate` 把幾筆補到一樣長（右邊補 pad）：pad 的 `attention_mask` 是 0，`labels` 是 -100，所以 pad 也不進 loss。
+
+`collate` pads rows to one length on the right: pads get attention mask 0 and label -100, so they stay out of the loss too."""),
+    ("code", """from tangpoem.tokens import collate
+
+batch = collate(encoded.rows[:2], tokenizer.pad_token_id)
+print({name: tuple(t.shape) for name, t in batch.items()})
+print("labels of row 0, last 12:", batch["labels"][0, -12:].tolist())"""),
+    ("md", "下一步 Next: **05 · 微調**（超參數、LoRA、訓練、loss 曲線）。"),
+]
+
+# ----------------------------------------------------------------------------- 05
+
+NB05_KNOBS = ["model_name_or_path", "load_in_4bit", "data_dir", "num_train_data", "cutoff_len", "lora_r",
+              "lora_alpha", "lora_dropout", "lora_target_modules", "seed", "num_epochs", "max_steps",
+              "learning_rate", "micro_batch_size", "batch_size", "warmup_steps", "logging_steps", "save_steps",
+              "save_total_limit", "gradient_checkpointing"]
+NB05 = header("05_finetune", "05 · 微調 Fine-tuning", """用 LoRA 微調：凍結（4-bit 的）原模型，只訓練插在旁邊的小矩陣。
+先看超參數，再訓練，最後畫 loss 曲線。
+
+LoRA fine-tuning: the (4-bit) base model stays frozen and only small matrices beside it are trained. The
+hyperparameters, the training run with a progress bar, and the loss curve.""") + [
+    ("md", """## 超參數 Hyperparameters（papermill 參數）
+
+作業的旋鈕都在這一格，預設就是作業的值：
+- `num_train_data`：用前幾筆訓練（作業 1040；越多越好但越久）。
+- `batch_size` / `micro_batch_size`：每次更新看 16 筆，但一次只放 4 筆進 GPU，累積 4 次梯度（`gradient_accumulation_steps` 在下一格算出，不是參數）。
+- `learning_rate` 3e-4、`warmup_steps` 50：先線性升溫再線性下降。
+- `num_epochs` / `max_steps`：跑幾輪，或最多幾步（`max_steps` 用於快速測試）。
+- `lora_r` 8、`lora_alpha` 16、`lora_dropout` 0.05、`lora_target_modules`：LoRA 矩陣的秩、縮放（alpha/r）、dropout，插在哪些線性層。
+- `save_steps` / `save_total_limit`：每幾步存一個 checkpoint、最多留幾個；`logging_steps`：每幾步記一次 loss。
+- `gradient_checkpointing`：省記憶體（T4 需要），慢約 30%。
+
+The homework's knobs with its values. Each step sees `batch_size` rows, `micro_batch_size` at a time, so
+gradients accumulate `batch_size / micro_batch_size` times (derived in the next cell, never a parameter).
+LoRA adds rank-`lora_r` matrices, scaled by `lora_alpha / lora_r`, beside each target module."""),
+    ("parameters", COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
+data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
+num_train_data = 1040  # the first N of the 5001 course rows
+cutoff_len = 256  # tokens per row
+lora_r = 8  # rank of the LoRA matrices
+lora_alpha = 16  # LoRA output is scaled by alpha / r
+lora_dropout = 0.05
+lora_target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+seed = 42
+num_epochs = 1
+max_steps = None  # stop after this many optimizer steps (quick runs); None: whole epochs
+learning_rate = 3e-4
+micro_batch_size = 4  # rows per forward pass (GPU memory)
+batch_size = 16  # rows per optimizer step
+warmup_steps = 50
+logging_steps = 20
+save_steps = 65
+save_total_limit = 3
+gradient_checkpointing = True  # saves memory on a T4, ~30% slower
+resume = False  # continue from the latest checkpoint in output_dir (after a disconnect)'''),
+    INSTALL_MD,
+    ("code", INSTALL),
+    CONFIG_MD,
+    ("code", config_cell(NB05_KNOBS, for_machine=True) + "\nprint(f\"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}\")"),
+    ("md", """## LoRA
+
+LoRA 在每個目標線性層旁加上兩個小矩陣 B·A（秩 r），原本的權重 W 凍結不動：輸出是 W·x + (alpha/r)·B·A·x。訓練開始時會印出可訓練參數占全部的比例（通常不到 1%）。
+
+Beside each target layer LoRA adds B·A of rank r while W stays frozen: W·x + (alpha/r)·B·A·x. Training prints the share of trainable parameters (usually under 1%)."""),
+    ("code", """print(notebook.prepare_data(cfg.data_dir))
+notebook.lora_table(cfg)"""),
+    ("md", """## 訓練 Train
+
+進度條顯示步數與目前的 loss；每 `save_steps` 步存一個 checkpoint 到 `output_dir`。Colab 斷線後設 `resume = True` 重跑這格，會從最後一個 checkpoint 接著訓練。
+
+The progress bar shows steps and the current loss; a checkpoint lands in `output_dir` every `save_steps`. After
+a disconnect, set `resume = True` and run this cell again to continue from the last checkpoint."""),
+    ("code", """from tangpoem.train import train
+
+result = train(cfg, resume=resume)
+print(f"{len(result.history)} steps in {result.seconds:.0f} s; checkpoints: {[p.name for p in result.checkpoints]}")"""),
+    ("md", """## Loss 曲線 The loss curve
+
+藍線是每步的訓練 loss，灰色虛線是學習率（warmup 之後線性下降）。loss 下降代表模型越來越會接這些詩。
+
+Blue: training loss per step; grey: the learning rate (warmup, then linear decay)."""),
+    ("code", "fig = plots.loss_figure(result.history)\n" + SHOW_FIG.format(name="05_loss")),
+    ("md", "下一步 Next: **06 · 生成**（選 checkpoint、寫 results.txt、微調前後比較）。"),
+]
+
+# ----------------------------------------------------------------------------- 06
+
+NB06_KNOBS = ["model_name_or_path", "load_in_4bit", "data_dir", "checkpoint_index", "seed", "generation_batch_size",
+              "do_sample", "temperature", "top_k", "top_p", "no_repeat_ngram_size", "max_new_tokens", "results_dir"]
+NB06 = header("06_generate", "06 · 生成 Generate", """選一個 checkpoint，為 15 首測試詩寫出下文，存成繳交用的 `results.txt`，
+再把作業三個示範上聯的微調前後放在一起比較。
+
+Pick a checkpoint, write the 15 test poems into `results.txt` (the file you hand in), and compare the demo
+couplets before and after fine-tuning.""") + preamble(COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
+data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
+checkpoint_index = -1  # which checkpoint: 0 the first, -1 the last (the homework's pick-by-index)
+''' + GEN_PARAMS.replace("max_new_tokens = 128  # the longest answer, in tokens", "max_new_tokens = 128  # the longest answer, in tokens\ngeneration_batch_size = 16  # poems generated together") + '''
+results_dir = None  # None: output_dir''', NB06_KNOBS, for_machine=True) + [
+    ("md", """## Checkpoints
+
+05 存下的 checkpoint（只有 LoRA 權重，幾 MB）。`checkpoint_index` 選一個：`-1` 是最後一個。
+
+The checkpoints 05 saved (LoRA weights only, a few MB). `checkpoint_index` picks one; -1 is the last."""),
+    ("code", "notebook.checkpoints_table(cfg)"),
+    ("md", "## 載入原模型 + 選到的 adapter  Base model plus the chosen adapter"),
+    ("code", """from tangpoem.generate import load_for_generation
+from tangpoem.train import pick_checkpoint
+
+model, tokenizer, adapter = load_for_generation(cfg, pick_checkpoint(cfg.output_dir, cfg.checkpoint_index))
+print(f"adapter: {adapter}")"""),
+    ("md", """## 15 首測試詩 → results.txt
+
+每行是 `編號. 上聯 + 模型寫的下文`，這就是要繳交的格式。One line per poem: `N. couplet + continuation`, the hand-in format."""),
+    ("code", """from tangpoem.data import load_test_rows
+from tangpoem.generate import generate, write_results
+
+print(notebook.prepare_data(cfg.data_dir))
+test_rows = load_test_rows(cfg.data_dir)
+results_txt, results_json = write_results(test_rows, generate(model, tokenizer, test_rows, cfg), cfg.results_path)
+print(results_txt.read_text(encoding="utf-8"))"""),
+    ("md", """## 微調前後 Before and after
+
+「微調前」是 03 存下的原模型回答（沒有的話，這裡把 adapter 關掉再生成一次），「微調後」是加上 adapter 的回答。
+
+"Before" is the base model's answer saved by 03 (or, if missing, this model with its adapter switched off);
+"after" is with the adapter."""),
+    ("code", """from tangpoem.generate import DEMO_COUPLETS
+
+notebook.before_after(model, tokenizer, cfg, DEMO_COUPLETS)"""),
+    ("md", "下一步 Next: **07 · 評分**（和標準答案比較）。"),
+]
+
+# ----------------------------------------------------------------------------- 07
+
+NB07 = header("07_grade", "07 · 評分 Grade", """用專案的評分器把 `results.txt` 和標準答案 `Tang_testing_gt.txt` 比較：每首一列，最後一列是平均。
+
+Score `results.txt` against the ground truth with the project's grader: one row per poem and the mean.""") + preamble(COMMON_PARAMS + '''
+data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
+results_dir = None  # where results.txt is; None: output_dir''', ["data_dir", "results_dir"]) + [
+    ("md", """## 分數 Scores
+
+分數都在 0–1，越高越好，比較前先正規化（簡繁、標點）：
+- **charF1**：字的重疊（不管位置）；**chrF** / **BLEU**：字元 n-gram 的重疊；**editSim**：1 − 編輯距離。
+- **verses ok**：句數和答案一樣；**lengths ok**：每句字數對（五言/七言）。
+- **pingze** / **rhyme**：平仄與押韻合不合格律（不看答案，只看詩本身）。
+
+All scores are in [0, 1], higher is better, on normalised text (script variants, punctuation): character
+overlap (charF1), character n-grams (chrF, BLEU), edit similarity; the form checks (verse count, verse length);
+and prosody (tonal pattern, rhyme), which judge the poem itself, not its match to the answer."""),
+    ("code", """print(notebook.prepare_data(cfg.data_dir))
+result = notebook.grade_results(cfg)
+print(f"graded {result.path}; full report: {cfg.results_path / notebook.GRADES_FILE}")
+notebook.grades_table(result)"""),
+    ("md", """## 修補紀錄 Repair notes
+
+評分器會修補常見的格式問題（例如答案重複了上聯），並在這裡說明；沒有紀錄代表檔案格式正確。
+
+The grader repairs common format slips (such as a repeated first couplet) and says so here."""),
+    ("code", """from tangpoem.grade.report import format_file_table
+
+print(format_file_table(result))"""),
+    ("md", "完成！To re-run everything headless: `tangpoem notebooks run --config configs/nano-cpu.yaml --out runs/nano`."),
+]
+
+NOTEBOOKS = {
+    "01_setup": NB01, "02_model_and_tokenizer": NB02, "03_decoding": NB03, "04_data_and_tokens": NB04,
+    "05_finetune": NB05, "06_generate": NB06, "07_grade": NB07,
+}
+
+
+def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python"}, "colab": {"provenance": []}, "accelerator": "GPU"}
+    for kind, text in cells:
+        if kind == "md":
+            nb.cells.append(nbformat.v4.new_markdown_cell(text))
+        else:
+            cell = nbformat.v4.new_code_cell(text)
+            if kind == "parameters":
+                cell.metadata["tags"] = ["parameters"]
+            nb.cells.append(cell)
+    for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
+        cell["id"] = f"c{i:02d}"
+    return nb
+
+
+def main() -> int:
+    for name, cells in NOTEBOOKS.items():
+        path = HERE / f"{name}.ipynb"
+        nb = build(cells)
+        nbformat.validate(nb)
+        path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Small helpers for the teaching notebooks, so that each notebook cell is a few calls.
+
+Nothing here reads a notebook's globals: the notebooks pass their parameters in explicitly.
+Tables are returned as `Table` objects, which Jupyter shows as Markdown and `print` shows as text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from tangpoem.config import Config, load_config
+from tangpoem.errors import InputError
+from tangpoem.io import atomic_write_json
+
+DEMO_BEFORE_FILE = "demo_before.json"  # 03 writes the base model's demo poems; 06 shows them beside the tuned ones
+FIGURES_DIR = "figures"
+GRADES_FILE = "grades.json"
+DRIVE_ROOT = "/content/drive/MyDrive/tangpoem"
+
+
+# ----------------------------------------------------------------------------- parameters and environment
+
+def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any]) -> Config:
+    """The notebook's Config: the config file (None = the homework's defaults), then the notebook's knobs."""
+    return load_config(config_file, dict(knobs))
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def on_drive(output_dir: str, mount_drive: bool) -> str:
+    """Where outputs go: with `mount_drive` in Colab, a relative output_dir moves under Google Drive
+    (mounted here), so checkpoints survive a disconnect and the next notebook's runtime finds them."""
+    if not (mount_drive and in_colab()):
+        return output_dir
+    from google.colab import drive  # type: ignore[import-not-found]
+
+    drive.mount("/content/drive")
+    return output_dir if Path(output_dir).is_absolute() else str(Path(DRIVE_ROOT) / output_dir)
+
+
+def describe_device() -> str:
+    """What this runtime can do: GPU name and memory, bf16, bitsandbytes; or CPU only."""
+    lines = [f"python {platform.python_version()}, torch {torch.__version__}"]
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+                     f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no (fp16 is used)'}")
+        try:
+            import bitsandbytes  # noqa: F401
+
+            lines.append("bitsandbytes: installed (4-bit NF4 available)")
+        except ImportError:
+            lines.append("bitsandbytes: missing (pip install bitsandbytes for 4-bit NF4)")
+    else:
+        lines.append("no CUDA GPU: CPU only. 4-bit NF4 needs a GPU; use a CPU config "
+                     "(configs/nano-cpu.yaml) or, in Colab, Runtime > Change runtime type > T4 GPU")
+    return "\n".join(lines)
+
+
+def prepare_data(data_dir: str | None) -> str:
+    """Use the course files where they are, or download them (pinned commit, SHA-256 checked)."""
+    from tangpoem import data
+
+    try:
+        counts = data.check(data_dir)
+    except InputError:
+        data.fetch(data_dir)
+        counts = data.check(data_dir)
+    return (f"{data.resolve_data_dir(data_dir)}: {counts['train']} training rows, "
+            f"{counts['test']} test rows, {counts['gt']} ground-truth lines")
+
+
+def hub_login(model_name_or_path: str) -> str:
+    """Log in to the Hugging Face hub when the model is gated (TAIDE). The token is never printed,
+    returned or written to the notebook: it comes from $HF_TOKEN, a Colab secret, or a hidden prompt."""
+    from tangpoem.model import PRESETS
+
+    if os.environ.get("HF_TOKEN"):
+        return "HF_TOKEN is set in the environment; the hub uses it (the token is not shown)"
+    if not PRESETS.get(model_name_or_path, {}).get("gated"):
+        return f"{model_name_or_path}: not gated, no login needed"
+    if in_colab():
+        try:
+            from google.colab import userdata  # type: ignore[import-not-found]
+
+            os.environ["HF_TOKEN"] = userdata.get("HF_TOKEN")  # Colab's 🔑 Secrets panel
+            return "HF_TOKEN taken from Colab Secrets (the token is not shown)"
+        except Exception:  # no such secret, or access not granted: fall through to the prompt
+            pass
+    import getpass
+
+    try:
+        token = getpass.getpass("Hugging Face token (hidden): ")
+    except Exception:  # headless (papermill): no stdin to ask on
+        return f"{model_name_or_path} is gated: set HF_TOKEN in the environment before running headless"
+    if not token.strip():
+        return "no token given; a gated model will fail to download"
+    from huggingface_hub import login
+
+    login(token=token.strip(), add_to_git_credential=False)
+    return "logged in to the Hugging Face hub (the token is not shown)"
+
+
+def for_this_machine(cfg: Config) -> Config:
+    """The config, with 4-bit NF4 turned off where there is no CUDA GPU (bitsandbytes needs one)."""
+    if cfg.load_in_4bit and not torch.cuda.is_available():
+        print("no CUDA GPU: loading without 4-bit (load_in_4bit=False); a 7B model then needs ~30 GB of RAM")
+        return dataclasses.replace(cfg, load_in_4bit=False)
+    return cfg
+
+
+def figure_path(cfg: Config, name: str) -> Path:
+    return Path(cfg.output_dir) / FIGURES_DIR / f"{name}.png"
+
+
+# ----------------------------------------------------------------------------- tables
+
+@dataclass
+class Table:
+    """Rows of cells shown as a Markdown table in Jupyter, as aligned text by print()."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def _repr_markdown_(self) -> str:
+        def cell(value: Any) -> str:
+            text = f"{value:.3f}" if isinstance(value, float) else str(value)
+            return text.replace("|", "\\|").replace("\n", "<br>")
+
+        lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return "\n".join("  ".join(str(v) for v in row) for row in [self.columns, *self.rows])
+
+
+# ----------------------------------------------------------------------------- 02: tokenizer and padding
+
+@torch.no_grad()
+def attention_mask_demo(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str]) -> Table:
+    """Batch `texts` with left padding (as generation does) and compare each row's next-token logits:
+    alone, padded with the attention mask, and padded without it (the model then reads the pads)."""
+    from tangpoem.generate import left_pad
+
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(t)["input_ids"] for t in texts]
+    batch = {k: v.to(device) for k, v in left_pad(encoded, tokenizer.pad_token_id).items()}
+    with_mask = model(**batch).logits[:, -1].float()
+    without_mask = model(input_ids=batch["input_ids"]).logits[:, -1].float()
+    rows = []
+    for i, ids in enumerate(encoded):
+        alone = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
+        pads = batch["input_ids"].shape[1] - len(ids)
+        top = lambda logits: tokenizer.decode([int(logits.argmax())])  # noqa: E731
+        rows.append([texts[i], pads, top(alone), top(with_mask[i]), f"{(with_mask[i] - alone).abs().max():.2e}",
+                     top(without_mask[i]), f"{(without_mask[i] - alone).abs().max():.2e}"])
+    return Table(["text", "pads", "next (alone)", "next (mask)", "max |Δ| mask", "next (no mask)",
+                  "max |Δ| no mask"], rows)
+
+
+# ----------------------------------------------------------------------------- 03: decoding
+
+@dataclass
+class NextTokenDistribution:
+    """The model's logits for the token after `context`, with the `top_n` most likely candidates."""
+
+    context: str
+    logits: torch.Tensor  # (V,) float32
+    top_ids: list[int]
+    top_labels: list[str]
+
+    def probs(self, temperature: float = 1.0) -> torch.Tensor:
+        return torch.softmax(self.logits / temperature, dim=-1)
+
+    def top_probs(self, temperature: float = 1.0) -> list[float]:
+        return self.probs(temperature)[self.top_ids].tolist()
+
+    def kept(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[bool]:
+        """For each top candidate: does it survive transformers' own TopK / TopP warpers (what generate uses)?"""
+        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+        scores = (self.logits / temperature)[None]  # (1, V)
+        if top_k:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        if top_p < 1.0:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        finite = torch.isfinite(scores[0])
+        return [bool(finite[i]) for i in self.top_ids]
+
+
+@torch.no_grad()
+def next_token_distribution(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplet: str,
+                            answer_prefix: str = "", top_n: int = 20) -> NextTokenDistribution:
+    """Logits of the next token after the course prompt for `couplet` (plus an optional start of the answer)."""
+    from tangpoem.prompt import INSTRUCTION
+    from tangpoem.tokens import encode_prompt
+
+    ids = encode_prompt(tokenizer, INSTRUCTION, couplet, cfg.prompt_mode)
+    ids += tokenizer(answer_prefix, add_special_tokens=False)["input_ids"] if answer_prefix else []
+    model.eval()
+    logits = model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1].float().cpu()
+    top_ids = logits.topk(top_n).indices.tolist()
+    return NextTokenDistribution(couplet + answer_prefix, logits, top_ids, [tokenizer.decode([i]) for i in top_ids])
+
+
+def compare_decoding(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplet: str,
+                     variants: Mapping[str, Mapping[str, Any]]) -> Table:
+    """The continuation of one couplet under several decoding settings (config overrides)."""
+    from tangpoem.generate import demo_rows, generate
+
+    rows = []
+    for name, overrides in variants.items():
+        variant = dataclasses.replace(cfg, **overrides)
+        rows.append([name, generate(model, tokenizer, demo_rows([couplet]), variant, progress=False)[0]])
+    return Table(["decoding 解碼設定", f"{couplet} → continuation 續寫"], rows)
+
+
+def save_demo_poems(cfg: Config, couplets: Sequence[str], poems: Sequence[str]) -> Path:
+    """Keep the base model's demo poems for 06's before/after table (each notebook runs in a fresh kernel)."""
+    records = [{"input": c, "predict": p} for c, p in zip(couplets, poems)]
+    return atomic_write_json(Path(cfg.output_dir) / DEMO_BEFORE_FILE,
+                             {"model_name_or_path": cfg.model_name_or_path, "poems": records})
+
+
+def load_demo_poems(cfg: Config, couplets: Sequence[str]) -> list[str] | None:
+    """03's demo poems, if 03 ran on the same model and couplets; else None."""
+    path = Path(cfg.output_dir) / DEMO_BEFORE_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    poems = {r["input"]: r["predict"] for r in saved.get("poems", [])}
+    if saved.get("model_name_or_path") != cfg.model_name_or_path or any(c not in poems for c in couplets):
+        return None
+    return [poems[c] for c in couplets]
+
+
+# ----------------------------------------------------------------------------- 04: data and tokens
+
+def row_tokens(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int]) -> tuple[list[str], list[bool]]:
+    """Each token of an encoded row as text, and whether the loss learns it (label != IGNORE_INDEX)."""
+    from tangpoem.tokens import IGNORE_INDEX
+
+    return tokenizer.convert_ids_to_tokens(list(input_ids)), [label != IGNORE_INDEX for label in labels]
+
+
+def rows_table(rows: Sequence[Any], limit: int = 3) -> Table:
+    return Table(["#", "instruction", "input 上聯", "output 下文"],
+                 [[i, r.instruction, r.input, r.output or ""] for i, r in enumerate(rows[:limit])])
+
+
+# ----------------------------------------------------------------------------- 06: generation
+
+def checkpoints_table(cfg: Config) -> Table:
+    """The checkpoints in output_dir, with the one `checkpoint_index` picks."""
+    from tangpoem.train import checkpoint_step, list_checkpoints
+
+    found = list_checkpoints(cfg.output_dir)
+    picked = cfg.checkpoint_index % len(found) if found else None
+    return Table(["index", "from the end", "step", "path", "picked"],
+                 [[i, i - len(found), checkpoint_step(p), str(p), "←" if i == picked else ""]
+                  for i, p in enumerate(found)])
+
+
+def before_after(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: Sequence[str]) -> Table:
+    """The demo couplets before fine-tuning (03's saved poems, or this model with its adapter switched
+    off) and after (with the adapter)."""
+    from tangpoem.generate import demo_rows, generate
+
+    rows = demo_rows(couplets)
+    before = load_demo_poems(cfg, couplets)
+    if before is None:
+        with model.disable_adapter():  # a PeftModel: the base model's weights alone
+            before = generate(model, tokenizer, rows, cfg, progress=False)
+    after = generate(model, tokenizer, rows, cfg, progress=False)
+    return Table(["couplet 上聯", "before 微調前", "after 微調後"], [list(r) for r in zip(couplets, before, after)])
+
+
+# ----------------------------------------------------------------------------- 07: grading
+
+def grade_results(cfg: Config) -> Any:
+    """Grade results.txt in results_dir against the course's ground truth; the report is kept as grades.json."""
+    from tangpoem.data import GT_FILE, TEST_FILE, resolve_data_dir
+    from tangpoem.grade import grade_paths
+    from tangpoem.grade.report import report_json
+
+    data_dir = resolve_data_dir(cfg.data_dir)
+    report = grade_paths([cfg.results_path / "results.txt"], data_dir / GT_FILE, data_dir / TEST_FILE)
+    atomic_write_json(cfg.results_path / GRADES_FILE, report_json(report))
+    result = report.files[0]
+    if result.status == "error":
+        raise InputError(f"{result.path}: {result.error}")
+    return result
+
+
+SCORE_COLUMNS = (("charF1", lambda p: p.normalized.char_f1), ("chrF", lambda p: p.normalized.chrf),
+                 ("BLEU", lambda p: p.normalized.bleu), ("editSim", lambda p: p.normalized.edit_similarity),
+                 ("verses ok", lambda p: p.form.verse_count_ok), ("lengths ok", lambda p: p.form.lengths_ok),
+                 ("pingze", lambda p: p.prosody.pingze_score), ("rhyme", lambda p: p.prosody.rhyme_score))
+MEAN_KEYS = ("char_f1", "chrf", "bleu", "edit_similarity", "verse_count_ok", "lengths_ok", "pingze_score", "rhyme_score")
+
+
+def grades_table(result: Any) -> Table:
+    """One row per test poem (normalised scores in [0, 1]) and a last row with the mean."""
+    def fmt(value: Any) -> Any:
+        return "-" if value is None else float(value)
+
+    rows = [[p.index, p.input, p.prediction[:24] + ("…" if len(p.prediction) > 24 else ""),
+             *(fmt(get(p)) for _, get in SCORE_COLUMNS)] for p in result.poems]
+    rows.append(["mean", "", "", *(fmt(result.mean[k]) for k in MEAN_KEYS)])
+    return Table(["#", "couplet 上聯", "prediction 預測", *(name for name, _ in SCORE_COLUMNS)], rows)
+
+
+# ----------------------------------------------------------------------------- 02: model memory, 03/06: poems
+
+def quantization_config_for(cfg: Config) -> Any:
+    """The BitsAndBytesConfig `load_base_model` uses with load_in_4bit: this GPU's compute dtype,
+    or a T4's (float16) when there is no GPU, so the CPU notebook still shows the homework's setup."""
+    from tangpoem.model import quantization_config, resolve_compute_dtype, resolve_device
+
+    dtype = resolve_compute_dtype(cfg, resolve_device(cfg)) if torch.cuda.is_available() else torch.float16
+    return quantization_config(dtype)
+
+
+BREEZE_PARAMETERS = 7_490_000_000  # Breeze-7B-Instruct v0.1, for scale
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def weight_memory(num_parameters: int) -> Table:
+    """Memory for the weights alone at each precision, for this model and for a 7B one
+    (activations, LoRA and the optimizer come on top)."""
+    bits = {"float32": 32, "float16 / bfloat16": 16, "int8": 8, "NF4 + double quant (embeddings stay 16-bit: ~4.3 GB in practice)": 4.127}  # 4 + 8/64 + 32/(64*256)
+    return Table(["precision 精度", "bits/param", f"this model ({num_parameters:,} params)", "Breeze-7B (7.49 B)"],
+                 [[name, b, _size(num_parameters * b / 8), _size(BREEZE_PARAMETERS * b / 8)] for name, b in bits.items()])
+
+
+def lora_table(cfg: Config) -> Table:
+    """The LoRA knobs and what they mean for the adapters added to each target module."""
+    return Table(["knob", "value", "meaning 意義"], [
+        ["lora_r", cfg.lora_r, "rank of A (r×in) and B (out×r); the update is B·A"],
+        ["lora_alpha", cfg.lora_alpha, f"the update is scaled by alpha / r = {cfg.lora_alpha / cfg.lora_r:g}"],
+        ["lora_dropout", cfg.lora_dropout, "dropout on the adapter's input while training"],
+        ["lora_target_modules", ", ".join(cfg.lora_target_modules), "the linear layers that get adapters"],
+    ])
+
+
+def poems_table(couplets: Sequence[str], poems: Sequence[str], heading: str = "continuation 續寫") -> Table:
+    return Table(["couplet 上聯", heading], [[c, p] for c, p in zip(couplets, poems)])

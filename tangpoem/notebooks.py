@@ -1,0 +1,193 @@
+"""`tangpoem notebooks run`: execute the teaching notebooks in order, headless, with papermill.
+
+Each notebook runs in a fresh kernel; they share state through files in one `output_dir`
+(05 writes checkpoints, 06 reads them and writes results.txt, 07 grades it). The run writes into
+OUT: the executed notebooks, `config.yaml` (the effective config), `index.json` / `index.md`
+(what ran, how long, where the outputs are) and, by default, `OUT/run/` as the output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from tangpoem.config import FIELDS, Config, load_config
+from tangpoem.data import resolve_data_dir
+from tangpoem.errors import InputError
+from tangpoem.io import atomic_write_json, atomic_write_text
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # the checkout's notebooks/
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # numbered, run in name order
+KERNEL_NAME = "python3"  # passed explicitly: a kernel name stored in a notebook may not exist here
+CONFIG_FILE_PARAMETER = "config_file"
+
+
+@dataclass
+class NotebookRun:
+    notebook: str  # the source notebook
+    output: str  # the executed copy, with its outputs
+    status: str  # "ok" | "failed" | "not run"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class NotebookFailed(Exception):
+    """A cell raised: the message names the executed notebook, the cell and the error line."""
+
+    def __init__(self, message: str, runs: list[NotebookRun]) -> None:
+        super().__init__(message)
+        self.runs = runs
+
+
+def find_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
+    root = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+    found = sorted(root.glob(NOTEBOOK_GLOB))
+    if not found:
+        raise InputError(f"{root}: no numbered notebooks (NN_name.ipynb) here; pass --notebooks DIR")
+    return found
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's `parameters` cell (read with `ast`: papermill's own
+    line-based reader skips a line whose comment holds an "=")."""
+    import ast
+
+    import nbformat
+
+    cells = [c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise InputError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as e:
+        raise InputError(f"{notebook}: parameters cell, line {e.lineno}: {e.msg}") from None
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def _plain(value: Any) -> Any:
+    """A -p value from the command line ("64", "true", "[a, b]") as YAML reads it; other values as given."""
+    return yaml.safe_load(value) if isinstance(value, str) and value != "" else value
+
+
+def effective_config(config_path: str | Path | None, out_dir: Path, parameters: Mapping[str, Any]) -> Config:
+    """The config file plus the config keys among `parameters`; output_dir (default OUT/run) and
+    data_dir made absolute, because the kernels run with OUT as their working directory."""
+    overrides = {k: v for k, v in parameters.items() if k in FIELDS}
+    overrides.setdefault("output_dir", str(out_dir / "run"))
+    cfg = load_config(config_path, overrides)
+    cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    cfg.data_dir = str(resolve_data_dir(cfg.data_dir).resolve())
+    if cfg.results_dir:
+        cfg.results_dir = str(Path(cfg.results_dir).resolve())
+    return cfg
+
+
+def _failure(notebook: Path, output: Path, error: Exception) -> str:
+    """One line: which notebook, which cell, what went wrong, where to look."""
+    cell = getattr(error, "cell_index", None)
+    count = getattr(error, "exec_count", None)
+    ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    evalue = (str(evalue).strip().splitlines() or [""])[-1]
+    # 1-based, counting the cell papermill injects after `parameters`, as in the executed copy
+    where = f"cell {cell + 1} (In [{count}])" if cell is not None else "before any cell ran"
+    return f"{notebook.name}: {where}: {ename}: {evalue} (the failing cell is marked in {output})"
+
+
+def write_index(out_dir: Path, cfg: Config, runs: list[NotebookRun]) -> None:
+    """index.json and index.md: what ran, how long, where the executed notebooks and outputs are."""
+    outputs = {"output_dir": cfg.output_dir, "results": str(cfg.results_path / "results.txt"),
+               "grades": str(cfg.results_path / "grades.json"), "figures": str(Path(cfg.output_dir) / "figures")}
+    atomic_write_json(out_dir / "index.json", {"config": str(out_dir / "config.yaml"), "outputs": outputs,
+                                              "notebooks": [asdict(r) for r in runs]})
+    lines = ["# tangpoem notebooks run", "", "| notebook | status | seconds | executed copy |", "|---|---|---|---|"]
+    lines += [f"| {Path(r.notebook).name} | {r.status} | {r.seconds:.1f} | {r.output} |" for r in runs]
+    lines += ["", *(f"- {name}: `{path}`" for name, path in outputs.items())]
+    lines += [f"\n**failed**: {r.error}" for r in runs if r.error]
+    atomic_write_text(out_dir / "index.md", "\n".join(lines) + "\n")
+
+
+def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Mapping[str, Any],
+            notebooks_dir: str | Path | None = None, log: Callable[[str], None] = print) -> list[NotebookRun]:
+    """Execute every numbered notebook in order with papermill; raise NotebookFailed at the first failing cell.
+
+    `parameters` are config keys (applied on top of the config file) or parameters that some
+    notebook declares (e.g. `mount_drive`); anything else is refused. Each notebook receives the
+    config's values for the parameters it declares, plus `config_file` = OUT/config.yaml.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from tangpoem.train import list_checkpoints
+
+    notebooks = find_notebooks(notebooks_dir)
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    known = set(FIELDS).union(*declared.values())
+    for key in parameters:
+        if key not in known:
+            raise InputError(f"-p {key}: unknown parameter (not a config key, and no notebook declares it)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = effective_config(config_path, out, parameters)
+    resume = bool(_plain(parameters.get("resume", False)))
+    if list_checkpoints(cfg.output_dir) and not resume:
+        raise InputError(f"{cfg.output_dir}: holds checkpoints of an earlier run; choose another --out, "
+                         "or pass -p resume true")
+    config_file = atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False))
+    values = {**cfg.to_dict(), CONFIG_FILE_PARAMETER: str(config_file),
+              **{k: _plain(v) for k, v in parameters.items() if k not in FIELDS}}
+
+    runs = [NotebookRun(str(nb), str(out / nb.name), "not run") for nb in notebooks]
+    write_index(out, cfg, runs)
+    for nb, run in zip(notebooks, runs):
+        started = time.perf_counter()
+        log(f"run  {nb.name} ...")
+        try:
+            papermill.execute_notebook(str(nb), run.output, kernel_name=KERNEL_NAME, language="python", cwd=str(out),
+                                       parameters={k: v for k, v in values.items() if k in declared[nb]},
+                                       progress_bar=False)
+        except PapermillExecutionError as e:
+            run.status, run.seconds, run.error = "failed", time.perf_counter() - started, _failure(nb, Path(run.output), e)
+            write_index(out, cfg, runs)
+            raise NotebookFailed(run.error, runs) from None
+        run.status, run.seconds = "ok", time.perf_counter() - started
+        log(f"ok   {nb.name} ({run.seconds:.1f} s) -> {run.output}")
+        write_index(out, cfg, runs)
+    return runs
+
+
+# ----------------------------------------------------------------------------- the command
+
+def add_notebooks_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tangpoem notebooks run --config FILE --out DIR [-p KEY VALUE ...] [--notebooks DIR]`."""
+    sub = parser.add_subparsers(dest="notebooks_command", required=True)
+    run = sub.add_parser("run", help="execute every notebook in order with papermill (headless)")
+    run.add_argument("--config", help="YAML config file, or the name of one in configs/ (e.g. nano-cpu); "
+                                      "default: the homework's values")
+    run.add_argument("--out", required=True, metavar="DIR",
+                     help="where the executed notebooks, index.md/json and (by default) the run's outputs go")
+    run.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
+                     metavar=("KEY", "VALUE"), help="a config key or notebook parameter (repeatable), e.g. -p max_steps 4")
+    run.add_argument("--notebooks", metavar="DIR", help=f"the notebooks to run (default: {NOTEBOOKS_DIR})")
+
+
+def run_notebooks(args: argparse.Namespace) -> int:
+    """Exit status: 0 all ran, 1 a cell failed (named on stderr), 2 bad input (via InputError)."""
+    parameters: dict[str, Any] = {}
+    for key, value in args.parameters:
+        if key in parameters:
+            raise InputError(f"-p {key}: given twice")
+        parameters[key] = value
+    try:
+        runs = run_all(args.config, args.out, parameters, args.notebooks)
+    except NotebookFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    total = sum(r.seconds for r in runs)
+    print(f"{len(runs)} notebooks ran in {total:.0f} s; index: {Path(args.out) / 'index.md'}")
+    return 0

@@ -1,0 +1,77 @@
+"""Figures and notebook helpers: each figure function takes plain data and returns a Figure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from tangpoem import notebook, plots
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_are_built_from_plain_data(tmp_path):
+    labels = ["春", "花", "，", " ", "\n"]
+    figures = {
+        "temperature": plots.temperature_figure(labels, {0.5: [0.6, 0.2, 0.1, 0.05, 0.05], 2.0: [0.3] + [0.175] * 4}),
+        "top": plots.top_k_top_p_figure(labels, [0.5, 0.2, 0.1, 0.1, 0.1], [True, True, False, False, False],
+                                        [True, False, False, False, False], 2, 0.3),
+        "lengths": plots.length_figure([10, 14, 14, 38], [120, 140, 300], cutoff_len=256),
+        "mask": plots.label_mask_figure(["<s>", "[", "INST", "]", "春", "</s>"], [False] * 4 + [True] * 2, per_line=4),
+        "loss": plots.loss_figure([{"step": 1, "loss": 3.0, "learning_rate": 1e-4}, {"step": 2, "loss": 2.5, "learning_rate": 2e-4}]),
+        "empty loss": plots.loss_figure([]),
+    }
+    for name, fig in figures.items():
+        assert isinstance(fig, Figure), name
+        path = plots.save_png(fig, tmp_path / "figures" / f"{name}.png")
+        assert path.read_bytes()[:8] == PNG
+    assert len(figures["temperature"].axes) == 2
+    assert "2 learned" in figures["mask"].axes[0].get_title()
+    assert "1 rows over cutoff_len" in figures["lengths"].axes[1].get_title()
+
+
+def test_blank_and_newline_tokens_stay_visible():
+    assert plots._label(" ") == "' '" and plots._label("\n") == "\\n" and plots._label("春") == "春"
+
+
+def test_cjk_font_is_used_when_installed():
+    import matplotlib
+
+    font = plots.use_cjk_font()
+    if font is None:
+        pytest.skip("no CJK font installed")
+    assert matplotlib.rcParams["font.sans-serif"][0] == font
+
+
+def test_kept_tokens_match_transformers_warpers():
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    dist = notebook.NextTokenDistribution("ctx", logits, [0, 1, 2, 3], ["a", "b", "c", "d"])
+    assert dist.kept(top_k=2) == [True, True, False, False]
+    assert dist.kept(top_p=0.5) == [True, False, False, False]  # 0.5 alone reaches p
+    assert dist.kept(top_p=0.7) == [True, True, False, False]
+    assert dist.kept() == [True] * 4
+    assert dist.top_probs(0.01)[0] == pytest.approx(1.0)  # a low temperature is nearly greedy
+    assert sum(dist.top_probs(100.0)) == pytest.approx(1.0)
+
+
+def test_table_shows_as_markdown_and_text():
+    table = notebook.Table(["a", "b|c"], [[1, 0.5], ["x\ny", None]])
+    assert table._repr_markdown_().splitlines() == ["| a | b\\|c |", "|---|---|", "| 1 | 0.500 |", "| x<br>y | None |"]
+    assert str(table).splitlines()[0] == "a  b|c"
+
+
+def test_config_from_parameters_knobs_override_the_file():
+    cfg = notebook.config_from_parameters("nano-cpu", {"learning_rate": 1e-4, "output_dir": "x"})
+    assert cfg.model_name_or_path == "tangpoem-nano" and cfg.learning_rate == 1e-4 and cfg.output_dir == "x"
+    assert notebook.config_from_parameters(None, {}).model_name_or_path.startswith("MediaTek-Research/Breeze")
+
+
+def test_on_drive_is_a_no_op_outside_colab():
+    assert notebook.on_drive("outputs/run", mount_drive=True) == "outputs/run"
+
+
+def test_quantization_config_is_the_homeworks():
+    pytest.importorskip("bitsandbytes")
+    q = notebook.quantization_config_for(notebook.config_from_parameters(None, {})).to_dict()
+    assert q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] and q["load_in_4bit"]
