@@ -76,6 +76,14 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tangpoem.demo import run_demo
+
+    if args.config is None:
+        args.config = "nano-cpu"
+    return run_demo(config_from_args(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tangpoem", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,7 +133,12 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         add_notebooks_arguments(p)
         p.set_defaults(func=run_notebooks)
 
-    return [grade, notebooks]
+    def demo(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("demo", help="the whole homework on the embedded tangpoem-nano, offline, in minutes")
+        _config_args(p)
+        p.set_defaults(func=cmd_demo)
+
+    return [grade, notebooks, demo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ class Config:
     top_k: int = 50
     no_repeat_ngram_size: int = 3
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # > 0 forbids EOS before this many new tokens (small models may stop at once)
     results_dir: str | None = None  # default: <output_dir>
 
     def __post_init__(self) -> None:
@@ -110,7 +111,7 @@ def validate(cfg: Config) -> None:
                 "logging_steps", "save_steps", "save_total_limit", "max_new_tokens", "generation_batch_size"):
         if getattr(cfg, key) < 1:
             raise bad(key, "must be >= 1")
-    for key in ("warmup_steps", "top_k", "no_repeat_ngram_size", "weight_decay", "max_grad_norm"):
+    for key in ("warmup_steps", "top_k", "no_repeat_ngram_size", "weight_decay", "max_grad_norm", "min_new_tokens"):
         if getattr(cfg, key) < 0:
             raise bad(key, "must be >= 0")
     if not 1 <= cfg.num_train_data <= 5001:

@@ -29,6 +29,7 @@ def generation_config(cfg: Config, tokenizer: Any) -> Any:
         num_beams=1,
         no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=cfg.min_new_tokens or None,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,

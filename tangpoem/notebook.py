@@ -133,17 +133,28 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
 
+    @staticmethod
+    def _text(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
     def _repr_markdown_(self) -> str:
         def cell(value: Any) -> str:
-            text = f"{value:.3f}" if isinstance(value, float) else str(value)
-            return text.replace("|", "\\|").replace("\n", "<br>")
+            return self._text(value).replace("|", "\\|").replace("\n", "<br>")
 
         lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return "\n".join("  ".join(str(v) for v in row) for row in [self.columns, *self.rows])
+        """Aligned columns; CJK characters count as two columns on a terminal."""
+        import unicodedata
+
+        def width(text: str) -> int:
+            return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+        cells = [[self._text(v) for v in row] for row in [self.columns, *self.rows]]
+        widths = [max(width(row[i]) for row in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(c + " " * (w - width(c)) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 # ----------------------------------------------------------------------------- 02: tokenizer and padding
