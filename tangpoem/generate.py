@@ -20,7 +20,9 @@ DEMO_COUPLETS = ("相見時難別亦難，東風無力百花殘。", "重帷深�
 
 
 def generation_config(cfg: Config, tokenizer: Any) -> Any:
-    """The homework's decoding (sampling, temperature 0.1, top_p 0.3, no_repeat_ngram_size 3) plus top_k."""
+    """The homework's decoding (sampling, temperature 0.1, top_p 0.3, no_repeat_ngram_size 3) plus top_k,
+    as transformers' GenerationConfig. `generate` below applies the same semantics through
+    `decoding.logits_processors` instead, which bans n-grams on the device."""
     from transformers import GenerationConfig
 
     sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k) if cfg.do_sample else {}
@@ -36,6 +38,16 @@ def generation_config(cfg: Config, tokenizer: Any) -> Any:
         use_cache=True,
         **sampling,
     )
+
+
+def fast_generation_config(cfg: Config, tokenizer: Any) -> tuple[Any, Any]:
+    """(GenerationConfig without n-gram bans and warpers, the processors that apply them on the device)."""
+    from tangpoem.decoding import logits_processors
+
+    gen_config = generation_config(cfg, tokenizer)
+    gen_config.no_repeat_ngram_size = None
+    gen_config.temperature, gen_config.top_k, gen_config.top_p = None, None, None
+    return gen_config, logits_processors(cfg.no_repeat_ngram_size, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p)
 
 
 def left_pad(prompts: Sequence[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -61,14 +73,14 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
 
     model.eval()
     device = next(model.parameters()).device
-    gen_config = generation_config(cfg, tokenizer)
+    gen_config, processors = fast_generation_config(cfg, tokenizer)
     torch.manual_seed(cfg.seed)  # sampling is reproducible for a given seed and batch size
     predictions: list[str] = []
     batches = [rows[i : i + cfg.generation_batch_size] for i in range(0, len(rows), cfg.generation_batch_size)]
     for batch_rows in tqdm(batches, desc="generate", disable=not progress):
         prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in batch_rows]
         batch = {k: v.to(device) for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
-        output = model.generate(**batch, generation_config=gen_config)
+        output = model.generate(**batch, generation_config=gen_config, logits_processor=processors)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
         for tokens in new_tokens:
             text = tokenizer.decode(cut_at_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True)

@@ -92,3 +92,16 @@ def collate(rows: Sequence[EncodedRow], pad_token_id: int, pad_to_multiple_of: i
         labels[i, :n] = torch.tensor(r.labels)
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pack(rows: Sequence[EncodedRow]) -> dict[str, torch.Tensor]:
+    """Padding-free batch: the rows end to end in one sequence, positions restarting at each row.
+
+    With no attention mask, transformers builds a block-diagonal causal mask from the restarting
+    position_ids, so no row attends to another. The first label of every row is a prompt token
+    (IGNORE_INDEX), so the last token of one row is never trained to predict the next row."""
+    input_ids = torch.tensor([t for r in rows for t in r.input_ids]).unsqueeze(0)  # (1, N)
+    labels = torch.tensor([t for r in rows for t in r.labels]).unsqueeze(0)
+    position_ids = torch.cat([torch.arange(len(r.input_ids)) for r in rows]).unsqueeze(0)
+    assert all(r.labels[0] == IGNORE_INDEX for r in rows)
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}

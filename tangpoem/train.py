@@ -36,7 +36,7 @@ from tangpoem.model import (
     resolve_compute_dtype,
     resolve_device,
 )
-from tangpoem.tokens import IGNORE_INDEX, EncodedDataset, EncodedRow, collate, encode_training_rows
+from tangpoem.tokens import IGNORE_INDEX, EncodedDataset, EncodedRow, collate, encode_training_rows, pack
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -256,11 +256,12 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
         micro_batches = [local[i : i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
         step_loss = torch.zeros((), device=device)
         for i, micro in enumerate(micro_batches):
-            batch = {k: v.to(device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+            batch = pack(micro) if cfg.padding_free else collate(micro, tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             sync = i == len(micro_batches) - 1 or dist_info.world_size == 1
             no_sync = train_model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
             with no_sync, autocast:
-                loss = train_model(**batch, num_items_in_batch=num_items).loss * dist_info.world_size
+                loss = train_model(**batch, num_items_in_batch=num_items, use_cache=False).loss * dist_info.world_size
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach() / dist_info.world_size
         if scaler:

@@ -147,3 +147,22 @@ def test_the_mask_reaches_the_loss(tiny_name, tokenizer, course_dir):
     all_tokens = torch.nn.functional.cross_entropy(logits.transpose(1, 2), everything, ignore_index=IGNORE_INDEX)
     assert torch.allclose(output.loss, answer_only, atol=1e-6)
     assert not torch.allclose(output.loss, all_tokens, atol=1e-3)
+
+
+def test_packed_batch_gives_the_padded_loss_and_no_row_sees_another(tiny_name, tokenizer, course_dir):
+    from tangpoem.tokens import pack
+
+    model = tiny.build_model(tiny_name, tokenizer).eval()
+    rows = encode_training_rows(tokenizer, load_train_rows(course_dir, 4), 256).rows
+    with torch.no_grad():
+        padded = model(**collate(rows, tokenizer.pad_token_id), use_cache=False).loss
+        packed_batch = pack(rows)
+        packed = model(**packed_batch, use_cache=False)
+        assert packed_batch["input_ids"].shape == (1, sum(len(r.input_ids) for r in rows))
+        assert torch.allclose(packed.loss, padded, atol=1e-5)
+        # change every token of row 0: the logits of rows 1..3 must not move
+        changed = [type(rows[0])([tokenizer.unk_token_id] * len(rows[0].input_ids), rows[0].labels, False), *rows[1:]]
+        other = model(**pack(changed), use_cache=False)
+    n0 = len(rows[0].input_ids)
+    assert torch.allclose(packed.logits[0, n0:], other.logits[0, n0:], atol=1e-5)
+    assert not torch.allclose(packed.logits[0, :n0], other.logits[0, :n0], atol=1e-3)

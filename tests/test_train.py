@@ -137,3 +137,13 @@ def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
     single, ddp = _adapter(tmp_path / "single"), _adapter(tmp_path / "ddp")
     for name in single:
         assert torch.allclose(single[name], ddp[name], atol=1e-5), name
+
+
+def test_padding_free_training_matches_padded_training(tiny_config):
+    common = {**SMALL, "max_steps": 4, "lora_dropout": 0.0}
+    padded = train(tiny_config(**common, output_dir=str(Path(tiny_config().output_dir) / "padded")))
+    packed = train(tiny_config(**common, padding_free=True, output_dir=str(Path(tiny_config().output_dir) / "packed")))
+    assert [round(h["loss"], 4) for h in packed.history] == [round(h["loss"], 4) for h in padded.history]
+    a, b = _adapter(padded.output_dir), _adapter(packed.output_dir)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name

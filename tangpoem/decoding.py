@@ -1,0 +1,96 @@
+"""Decoding on the GPU: the homework's sampling with no-repeat n-grams computed on the device, and
+LoRA merged into dequantized weights for fast batched generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+
+class DeviceNoRepeatNGram(LogitsProcessor):
+    """The bans of transformers' NoRepeatNGramLogitsProcessor (a token may not complete an n-gram
+    that already occurs in the sequence, prompt and padding included), computed with tensor ops on
+    the device instead of Python loops over every row and position at every step."""
+
+    def __init__(self, ngram_size: int) -> None:
+        if ngram_size < 1:
+            raise ValueError(f"ngram_size must be >= 1, got {ngram_size}")
+        self.n = ngram_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n, length = self.n, input_ids.shape[1]
+        if length < n:  # no complete n-gram yet: nothing to ban
+            return scores
+        if n == 1:
+            banned_counts = torch.zeros_like(scores, dtype=torch.int32).scatter_add_(
+                1, input_ids, torch.ones_like(input_ids, dtype=torch.int32))
+            return scores.masked_fill(banned_counts > 0, -float("inf"))
+        windows = input_ids.unfold(1, n, 1)  # (B, L-n+1, n): every n-gram so far
+        prefix = input_ids[:, length - (n - 1):]  # (B, n-1): what the next token would extend
+        matches = (windows[:, :, : n - 1] == prefix[:, None, :]).all(-1)  # (B, L-n+1)
+        counts = torch.zeros_like(scores, dtype=torch.int32).scatter_add_(1, windows[:, :, n - 1], matches.int())
+        return scores.masked_fill(counts > 0, -float("inf"))
+
+
+def logits_processors(no_repeat_ngram_size: int, do_sample: bool, temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    """In transformers' own order: n-gram bans first, then temperature, top-k, top-p."""
+    processors = LogitsProcessorList()
+    if no_repeat_ngram_size > 0:
+        processors.append(DeviceNoRepeatNGram(no_repeat_ngram_size))
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k > 0:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+@torch.no_grad()
+def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """A plain model for inference: each NF4 layer dequantized to `dtype` with its LoRA delta added.
+
+    The weights are those the adapter was trained against (peft's own merge_and_unload on a 4-bit
+    model would re-quantize them). Needs ~2 bytes a parameter of GPU memory (~15 GB for Breeze)."""
+    from peft.tuners.lora import LoraLayer
+
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # CPU-only installs: nothing can be 4-bit there
+        bnb = None
+
+    def dense(base: torch.nn.Module) -> torch.Tensor:
+        if bnb is not None and isinstance(base, bnb.nn.Linear4bit):
+            return bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
+        return base.weight.detach().to(dtype)
+
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    replacements: list[tuple[str, torch.nn.Module]] = []
+    for name, module in root.named_modules():
+        lora = isinstance(module, LoraLayer)
+        quantized = bnb is not None and isinstance(module, bnb.nn.Linear4bit)
+        if not (lora or quantized) or any(name.startswith(done + ".") for done, _ in replacements):
+            continue
+        base = module.get_base_layer() if lora else module
+        weight = dense(base)
+        if lora:
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight += module.get_delta_weight(adapter).to(dtype)
+        linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                                 device=weight.device, dtype=dtype)
+        linear.weight.copy_(weight)
+        if base.bias is not None:
+            linear.bias.copy_(base.bias.to(dtype))
+        replacements.append((name, linear))
+    for name, linear in replacements:
+        parent_name, _, child = name.rpartition(".")
+        setattr(root.get_submodule(parent_name) if parent_name else root, child, linear)
+    for param in root.parameters():  # norms and embeddings that k-bit preparation cast to fp32
+        param.data = param.data.to(dtype)
+        param.requires_grad_(False)
+    root.config.use_cache = True
+    return root.eval()

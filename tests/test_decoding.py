@@ -1,0 +1,78 @@
+"""The device-side decoding path gives transformers' semantics exactly."""
+
+import pytest
+import torch
+from transformers import NoRepeatNGramLogitsProcessor
+
+from tangpoem import tiny
+from tangpoem.data import load_test_rows
+from tangpoem.decoding import DeviceNoRepeatNGram, merge_lora_dequantized
+from tangpoem.generate import fast_generation_config, generate, generation_config, left_pad
+from tangpoem.model import add_lora, fix_pad_token
+from tangpoem.tokens import encode_prompt
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_device_ngram_bans_equal_transformers(n):
+    generator = torch.Generator().manual_seed(n)
+    for length in (1, 2, 3, 5, 40):
+        input_ids = torch.randint(0, 7, (6, length), generator=generator)  # a small vocabulary: many repeats
+        scores = torch.randn(6, 11, generator=generator)
+        expected = NoRepeatNGramLogitsProcessor(n)(input_ids, scores.clone())
+        actual = DeviceNoRepeatNGram(n)(input_ids, scores.clone())
+        assert torch.equal(torch.isinf(actual), torch.isinf(expected)), (n, length)
+        assert torch.equal(actual, expected)
+
+
+@pytest.fixture
+def tiny_model():
+    tokenizer = fix_pad_token(tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES["tiny-mistral"]))
+    return tiny.build_model("tiny-mistral", tokenizer).eval(), tokenizer
+
+
+def test_fast_greedy_path_yields_the_tokens_of_plain_generate(tiny_model, tiny_config, course_dir):
+    model, tokenizer = tiny_model
+    cfg = tiny_config(do_sample=False, no_repeat_ngram_size=3, max_new_tokens=24)
+    rows = load_test_rows(course_dir)
+    fast = generate(model, tokenizer, rows, cfg, progress=False)
+    plain = []
+    for row in rows:  # the homework's way: one prompt at a time, transformers' own n-gram processor
+        prompt = torch.tensor([encode_prompt(tokenizer, row.instruction, row.input)])
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=generation_config(cfg, tokenizer))
+        new = out[0, prompt.shape[1]:].tolist()
+        new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+        plain.append(" ".join(tokenizer.decode(new, skip_special_tokens=True).split()))
+    assert fast == plain
+
+
+def test_sampled_fast_path_honours_no_repeat_ngrams(tiny_model, tiny_config, course_dir):
+    model, tokenizer = tiny_model
+    cfg = tiny_config(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=40, no_repeat_ngram_size=2)
+    rows = load_test_rows(course_dir)[:8]
+    prompts = [encode_prompt(tokenizer, r.instruction, r.input) for r in rows]
+    gen_config, processors = fast_generation_config(cfg, tokenizer)
+    torch.manual_seed(0)
+    out = model.generate(**left_pad(prompts, tokenizer.pad_token_id), generation_config=gen_config, logits_processor=processors)
+    start = out.shape[1] - 40
+    for seq in out.tolist():
+        for i in range(start, len(seq)):
+            if seq[i] == tokenizer.pad_token_id:
+                break  # finished early: padding after EOS
+            assert (seq[i - 1], seq[i]) not in set(zip(seq[: i - 1], seq[1:i])), i
+
+
+def test_merged_lora_model_computes_what_the_adapter_model_does(tiny_model, tiny_config):
+    model, tokenizer = tiny_model
+    cfg = tiny_config()
+    peft_model = add_lora(model, cfg)
+    for name, param in peft_model.named_parameters():  # LoRA B starts at zero: give it something to merge
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    peft_model.eval()
+    ids = torch.tensor([encode_prompt(tokenizer, "指令", "白日依山盡，黃河入海流。")])
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+        merged = merge_lora_dequantized(peft_model, torch.float32)
+        actual = merged(ids).logits
+    assert not any("lora" in n for n, _ in merged.named_modules())
+    assert torch.allclose(actual, expected, atol=1e-4)
