@@ -113,6 +113,8 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
     from peft import prepare_model_for_kbit_training
 
     checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs and under DDP
+    if not cfg.gradient_checkpointing and getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()  # a base model reused from an earlier run may have it on
     if getattr(model, "is_loaded_in_4bit", False):
         # Current peft API (the homework's prepare_model_for_int8_training is gone): casts norms to
         # fp32 and enables input gradients so checkpointing works with frozen 4-bit weights.

@@ -170,13 +170,18 @@ class TrainResult:
     checkpoints: list[Path]
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    model: torch.nn.Module | None = None  # the PeftModel as trained (adapters of the last step)
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = False) -> TrainResult:
-    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are."""
+def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = False,
+          base_model: torch.nn.Module | None = None) -> TrainResult:
+    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are.
+
+    `base_model` reuses a base model already in memory (notebooks, benchmarks) instead of loading
+    `cfg.model_name_or_path` again; it must not carry adapters yet."""
     # 1. processes, seeds, device
     dist_info = setup_distributed()
     seed_everything(cfg.seed)
@@ -203,7 +208,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     latest = existing[-1] if existing else None
     if resume and latest is None:
         log(f"resume: no checkpoint in {output_dir}, starting from scratch")
-    base = load_base_model(cfg, device)
+    base = base_model if base_model is not None else load_base_model(cfg, device)
     if latest is not None:
         model = load_adapter(prepare_for_training(base, cfg), str(latest), trainable=True)
     else:
@@ -315,4 +320,4 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     log(f"train: {total_steps - start_step} steps in {seconds:.1f} s; checkpoints in {output_dir}")
     if dist_info.world_size > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds)
+    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds, model)
