@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--baseline-steps", type=int, default=65)
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=8)
+    parser.add_argument("--levers", action="store_true", help="only tangpoem's training, each lever on and off")
     args = parser.parse_args()
 
     import bitsandbytes
@@ -160,7 +161,8 @@ def main() -> None:
                     "DDP on 2 GPUs: needs the 2-GPU kind; not run in this session"],
         "figures": {}, "errors": {},
     }
-    out_file = args.results_dir / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".json")
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+    out_file = args.results_dir / (stem + ("-levers" if args.levers else "") + ".json")
     figures = results["figures"]
 
     def stage(key: str, fn: Callable[[], Any]) -> Any:
@@ -184,6 +186,26 @@ def main() -> None:
                                        "output_dir": str(args.work / "b"), "max_new_tokens": 128, "min_new_tokens": 128})
     tokenizer = load_tokenizer(fast)
     base, figures["load_nf4_seconds"], figures["nf4_loaded_gb"] = timed(lambda: load_base_model(fast))
+
+    if args.levers:  # tangpoem's training with each lever on or off, 65 steps each, on this one base
+        variants = {  # fp32-upcast variants last: that cast changes the shared base for good
+            "padded, bf16 norms": {"padding_free": False, "kbit_fp32_upcast": False},
+            "packed, bf16 norms": {"kbit_fp32_upcast": False},
+            "packed, bf16 norms, answer logits only": {"kbit_fp32_upcast": False, "answer_logits_only": True},
+            "packed, fp32 norms (breeze-h100 as run before)": {},
+        }
+        figures["levers"] = {}
+        for label, overrides in variants.items():
+            cfg = load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
+
+            def lever(cfg=cfg) -> dict[str, Any]:
+                result, _, peak = timed(lambda: train(cfg, base_model=base))
+                result.model.unload()
+                return {"loop_seconds": result.seconds, "peak_gb": peak, "last_loss": result.history[-1]["loss"]}
+
+            figures["levers"][label] = stage(f"lever: {label}", lever)
+        atomic_write_json(out_file, results)
+        return
 
     # (a) the homework's recipe (its LoRA layers are unloaded afterwards: the base serves every stage)
     figures["train_homework"] = stage("train_homework", lambda: homework_training(base, fast, tokenizer, args.baseline_steps, args.work / "a"))

@@ -30,8 +30,13 @@ RESULTS = Path(__file__).parent / "results" / "nano-heldout.json"
 def score(rows, gt, predictions) -> dict[str, float]:
     graded = grade_predictions(predictions, gt, [{"instruction": r.instruction, "input": r.input} for r in rows])
     form_ok = [p.form.verse_count_ok * p.form.lengths_ok for p in graded.poems]
+    # A regular poem (jueju: 4 verses, lüshi: 8) once the input couplet is put back, every verse of the
+    # couplet's length: right form even where the true poem happens to be the other of the two lengths.
+    regular = [p.form.lengths_ok * (p.form.verse_count + 2 in (4, 8)) for p in graded.poems]
     return {
         "form_accuracy": sum(form_ok) / len(form_ok),
+        "verse_count_right": graded.mean["verse_count_ok"],
+        "regular_form": sum(regular) / len(regular),
         "char_f1": graded.mean["char_f1"],
         "pingze_conformity": graded.mean["pingze_score"],
         "rhyme": graded.mean["rhyme_score"],

@@ -57,6 +57,8 @@ class Config:
     save_total_limit: int = 3
     gradient_checkpointing: bool = True  # saves memory on a T4; costs ~30% speed
     padding_free: bool = False  # pack each micro-batch into one sequence (no pad tokens); faster on big GPUs
+    answer_logits_only: bool = False  # padding_free only: lm_head and loss only where a label is (~30% of tokens)
+    kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
     # --- generation ---
     checkpoint_index: int = -1  # which checkpoint to generate with (the homework's pick-by-index; -1 = last)
     generation_batch_size: int = 16
@@ -123,6 +125,8 @@ def validate(cfg: Config) -> None:
         raise bad("lora_dropout", "must be in [0, 1)")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise bad("max_steps", "must be >= 1 or null")
+    if cfg.answer_logits_only and not cfg.padding_free:
+        raise bad("answer_logits_only", "needs padding_free=true (it keeps logits of one packed sequence)")
     if not cfg.lora_target_modules:
         raise bad("lora_target_modules", "must name at least one module")
 

@@ -115,6 +115,14 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
     checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs and under DDP
     if not cfg.gradient_checkpointing and getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()  # a base model reused from an earlier run may have it on
+    if getattr(model, "is_loaded_in_4bit", False) and not cfg.kbit_fp32_upcast:
+        # bf16 on sm80+ trains stably without fp32 norms; skipping the cast saves the copies it causes
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+            model.enable_input_require_grads()
+        return model
     if getattr(model, "is_loaded_in_4bit", False):
         # Current peft API (the homework's prepare_model_for_int8_training is gone): casts norms to
         # fp32 and enables input gradients so checkpointing works with frozen 4-bit weights.

@@ -162,6 +162,20 @@ def count_label_tokens(rows: Sequence[EncodedRow]) -> int:
     return sum(sum(label != IGNORE_INDEX for label in r.labels) for r in rows)
 
 
+def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_items: int, answer_logits_only: bool) -> torch.Tensor:
+    """Sum of token losses over the batch's answer tokens / `num_items` (the step's answer tokens).
+
+    With `answer_logits_only` (one packed sequence), the lm_head runs only at the positions whose next
+    token is learned, instead of at every prompt token too; the loss is the same."""
+    if not answer_logits_only:
+        return model(**batch, num_items_in_batch=num_items, use_cache=False).loss
+    targets = batch["labels"][0, 1:]  # (N-1,): position t predicts token t+1
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]  # (kept, V)
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum") / num_items
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 @dataclass
@@ -266,7 +280,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             sync = i == len(micro_batches) - 1 or dist_info.world_size == 1
             no_sync = train_model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
             with no_sync, autocast:
-                loss = train_model(**batch, num_items_in_batch=num_items, use_cache=False).loss * dist_info.world_size
+                loss = forward_loss(train_model, batch, num_items, cfg.answer_logits_only) * dist_info.world_size
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach() / dist_info.world_size
         if scaler:

@@ -147,3 +147,16 @@ def test_padding_free_training_matches_padded_training(tiny_config):
     a, b = _adapter(padded.output_dir), _adapter(packed.output_dir)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def test_answer_logits_only_gives_the_same_training(tiny_config):
+    common = {**SMALL, "max_steps": 3, "lora_dropout": 0.0, "padding_free": True}
+    root = Path(tiny_config().output_dir)
+    full = train(tiny_config(**common, output_dir=str(root / "full")))
+    kept = train(tiny_config(**common, answer_logits_only=True, output_dir=str(root / "kept")))
+    assert [round(h["loss"], 4) for h in kept.history] == [round(h["loss"], 4) for h in full.history]
+    a, b = _adapter(full.output_dir), _adapter(kept.output_dir)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    with pytest.raises(InputError, match="needs padding_free=true"):
+        tiny_config(answer_logits_only=True)
