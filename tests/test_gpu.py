@@ -79,3 +79,26 @@ def test_resume_on_gpu(small_mistral, tmp_path, course_dir):
     longer = gpu_config(small_mistral, tmp_path, course_dir, max_steps=6, save_steps=2)
     result = train(longer, resume=True)
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_fast_recipe_and_merged_generation_on_gpu(small_mistral, tmp_path, course_dir):
+    """breeze-h100's levers on a 4-bit model: packed rows, answer-only logits, bf16 norms; then the
+    adapter merged into dequantized weights computes what the 4-bit model with its adapter computes."""
+    from tangpoem.decoding import merge_lora_dequantized
+    from tangpoem.tokens import encode_prompt
+
+    cfg = gpu_config(small_mistral, tmp_path, course_dir, gradient_checkpointing=False, padding_free=True,
+                     answer_logits_only=True, kbit_fp32_upcast=False, micro_batch_size=8, compute_dtype="bfloat16")
+    result = train(cfg)
+    assert len(result.history) == 8 and result.history[-1]["loss"] < result.history[0]["loss"]
+    from tangpoem.model import load_tokenizer
+
+    model, tokenizer = result.model.eval(), load_tokenizer(cfg)  # the trained PeftModel
+    ids = torch.tensor([encode_prompt(tokenizer, "指令", "白日依山盡，黃河入海流。")], device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model(ids).logits.float()
+    merged = merge_lora_dequantized(model, torch.bfloat16)
+    with torch.no_grad():
+        actual = merged(ids).logits.float()
+    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+    assert torch.equal(actual.argmax(-1), expected.argmax(-1))
