@@ -13,7 +13,7 @@ from tangpoem import tiny
 from tangpoem.config import load_config
 from tangpoem.data import load_test_rows
 from tangpoem.generate import generate_test_results
-from tangpoem.model import load_base_model
+from tangpoem.model import load_base_model, load_tokenizer
 from tangpoem.train import train
 
 pytestmark = pytest.mark.gpu
@@ -91,8 +91,6 @@ def test_fast_recipe_and_merged_generation_on_gpu(small_mistral, tmp_path, cours
                      answer_logits_only=True, kbit_fp32_upcast=False, micro_batch_size=8, compute_dtype="bfloat16")
     result = train(cfg)
     assert len(result.history) == 8 and result.history[-1]["loss"] < result.history[0]["loss"]
-    from tangpoem.model import load_tokenizer
-
     model, tokenizer = result.model.eval(), load_tokenizer(cfg)  # the trained PeftModel
     ids = torch.tensor([encode_prompt(tokenizer, "指令", "白日依山盡，黃河入海流。")], device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
