@@ -152,7 +152,7 @@ class Table:
         def width(text: str) -> int:
             return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
-        cells = [[self._text(v) for v in row] for row in [self.columns, *self.rows]]
+        cells = [[self._text(v).replace("\n", " ") for v in row] for row in [self.columns, *self.rows]]
         widths = [max(width(row[i]) for row in cells) for i in range(len(self.columns))]
         return "\n".join("  ".join(c + " " * (w - width(c)) for c, w in zip(row, widths)).rstrip() for row in cells)
 

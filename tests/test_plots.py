@@ -58,7 +58,9 @@ def test_kept_tokens_match_transformers_warpers():
 def test_table_shows_as_markdown_and_text():
     table = notebook.Table(["a", "b|c"], [[1, 0.5], ["x\ny", None]])
     assert table._repr_markdown_().splitlines() == ["| a | b\\|c |", "|---|---|", "| 1 | 0.500 |", "| x<br>y | None |"]
-    assert str(table).splitlines()[0] == "a  b|c"
+    assert str(table).splitlines()[0] == "a    b|c"  # columns aligned to their widest cell ("x\ny")
+    wide = notebook.Table(["#", "詩"], [[1, "白日"], [10, "ab"]])
+    assert str(wide).splitlines() == ["#   詩", "1   白日", "10  ab"]  # a CJK character is two columns wide
 
 
 def test_config_from_parameters_knobs_override_the_file():
