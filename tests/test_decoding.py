@@ -76,3 +76,17 @@ def test_merged_lora_model_computes_what_the_adapter_model_does(tiny_model, tiny
         actual = merged(ids).logits
     assert not any("lora" in n for n, _ in merged.named_modules())
     assert torch.allclose(actual, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("top_k", [0, 50])
+def test_fast_path_applies_exactly_our_processors_in_order(tiny_model, tiny_config, top_k):
+    """transformers must not add its own n-gram ban or warpers (e.g. its default top_k=50) to ours."""
+    model, tokenizer = tiny_model
+    gen_config, processors = fast_generation_config(tiny_config(top_k=top_k), tokenizer)
+    prepared = model._prepare_generation_config(gen_config)
+    prepared = prepared[0] if isinstance(prepared, tuple) else prepared
+    final = model._get_logits_processor(generation_config=prepared, input_ids_seq_length=5, encoder_input_ids=None,
+                                        prefix_allowed_tokens_fn=None, logits_processor=processors, device="cpu")
+    names = [type(p).__name__ for p in final]
+    expected = ["DeviceNoRepeatNGram", "TemperatureLogitsWarper"] + (["TopKLogitsWarper"] if top_k else []) + ["TopPLogitsWarper"]
+    assert names == expected
