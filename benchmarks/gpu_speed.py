@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=8)
     parser.add_argument("--levers", action="store_true", help="only tangpoem's training, each lever on and off")
+    parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     args = parser.parse_args()
 
     import bitsandbytes
@@ -182,6 +183,9 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     tokenizer = stand_in_tokenizer(args.data_dir)
     figures["parameters"], figures["build_seconds"], _ = timed(lambda: build_checkpoint(ckpt, tokenizer))
+    if args.build_only:
+        print(f"wrote {ckpt}")
+        return
     fast = load_config("breeze-h100", {"model_name_or_path": str(ckpt), "data_dir": args.data_dir,
                                        "output_dir": str(args.work / "b"), "max_new_tokens": 128, "min_new_tokens": 128})
     tokenizer = load_tokenizer(fast)
