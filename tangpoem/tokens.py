@@ -61,7 +61,7 @@ class EncodedDataset:
 
     @property
     def num_label_tokens(self) -> int:
-        return sum(sum(label != IGNORE_INDEX for label in r.labels) for r in self.rows)
+        return count_label_tokens(self.rows)
 
     def summary(self) -> str:
         lengths = [len(r.input_ids) for r in self.rows]
@@ -69,6 +69,12 @@ class EncodedDataset:
             f"{len(self.rows)} rows, {sum(lengths)} tokens (longest {max(lengths)}), "
             f"{self.num_label_tokens} learned; {self.num_truncated} answers cut to fit cutoff_len"
         )
+
+
+def count_label_tokens(rows: Sequence[EncodedRow]) -> int:
+    """Tokens the loss sees. The first position is never a label (it is BOS), so this equals what the
+    shifted loss counts."""
+    return sum(sum(label != IGNORE_INDEX for label in r.labels) for r in rows)
 
 
 def encode_training_rows(tokenizer: Any, rows: Sequence[Row], cutoff_len: int, mode: str = "course") -> EncodedDataset:

@@ -36,7 +36,7 @@ from tangpoem.model import (
     resolve_compute_dtype,
     resolve_device,
 )
-from tangpoem.tokens import IGNORE_INDEX, EncodedDataset, EncodedRow, collate, encode_training_rows, pack
+from tangpoem.tokens import IGNORE_INDEX, EncodedDataset, EncodedRow, collate, count_label_tokens, encode_training_rows, pack
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -155,11 +155,6 @@ def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRo
     epoch, within = divmod(step, steps_per_epoch)
     order = batch_order(len(dataset.rows), cfg.seed, epoch)
     return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
-
-
-def count_label_tokens(rows: Sequence[EncodedRow]) -> int:
-    # The first position is never a label (it is BOS), so this equals what the shifted loss counts.
-    return sum(sum(label != IGNORE_INDEX for label in r.labels) for r in rows)
 
 
 def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_items: int, answer_logits_only: bool) -> torch.Tensor:
