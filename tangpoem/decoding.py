@@ -3,8 +3,6 @@ LoRA merged into dequantized weights for fast batched generation."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

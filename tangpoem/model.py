@@ -48,7 +48,7 @@ def fix_pad_token(tokenizer: Any) -> Any:
 def load_tokenizer(cfg: Config) -> Any:
     name = cfg.model_name_or_path
     if name in _builtin_names():
-        tokenizer = _builtin_tokenizer(name)
+        tokenizer = _builtin_tokenizer(name, cfg.data_dir)
     else:
         from transformers import AutoTokenizer
 
@@ -89,7 +89,7 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
         )
     name = cfg.model_name_or_path
     if name in _builtin_names():
-        model = _builtin_model(name)
+        model = _builtin_model(name, cfg.data_dir)
         if cfg.load_in_4bit:
             raise InputError(f"config key 'load_in_4bit' = True: the built-in model {name} is not quantizable; set it to false")
         model = model.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
@@ -181,18 +181,18 @@ def _builtin_names() -> tuple[str, ...]:
     return TINY_MODELS + (NANO_NAME,)
 
 
-def _builtin_tokenizer(name: str) -> Any:
+def _builtin_tokenizer(name: str, data_dir: str | None = None) -> Any:
     """The tokenizer of a model that ships with (nano) or is built by (tiny-*) tangpoem."""
     from tangpoem import nano, tiny
 
     if name == nano.NANO_NAME:
         return nano.load_tokenizer()
-    return tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name])
+    return tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name], data_dir=data_dir)  # trained on the course text
 
 
-def _builtin_model(name: str) -> torch.nn.Module:
+def _builtin_model(name: str, data_dir: str | None = None) -> torch.nn.Module:
     from tangpoem import nano, tiny
 
     if name == nano.NANO_NAME:
         return nano.load_model()
-    return tiny.build_model(name, tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name]))
+    return tiny.build_model(name, _builtin_tokenizer(name, data_dir))

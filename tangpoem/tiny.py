@@ -9,8 +9,6 @@ answer boundary bugs and padding bugs show up here as they would on the real mod
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,33 +32,26 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 
-def _course_texts() -> list[str]:
+def _course_texts(data_dir: str | None = None) -> list[str]:
     """Text to train the tiny BPE on: the prompt's fixed parts and every poem of the course data."""
+    from tangpoem.data import load_test_rows, load_train_rows
+
     texts = [course_prompt(INSTRUCTION, "")] * 100  # frequent enough that its ASCII gets merges too
-    for name in ("Tang_training_data.json", "Tang_testing_data.json"):
-        for path in _course_data_candidates(name):
-            if path.is_file():
-                for record in json.loads(path.read_text(encoding="utf-8")):
-                    texts.extend(str(record.get(key, "")) for key in ("input", "output"))
-                break
+    for row in [*load_train_rows(data_dir), *load_test_rows(data_dir)]:
+        texts.extend([row.input, row.output or ""])
     return texts
 
 
-def _course_data_candidates(name: str) -> list[Path]:
-    from tangpoem.data import resolve_data_dir
-
-    repo = Path(__file__).resolve().parent.parent
-    return [resolve_data_dir() / name, repo.parent / "shared" / "data" / "GenAI-Hw5" / name]
-
-
 @functools.lru_cache(maxsize=None)
-def build_tokenizer(vocab_size: int = 6000, texts: tuple[str, ...] | None = None) -> PreTrainedTokenizerFast:
-    """A Llama-style BPE tokenizer trained on the course text (or on `texts`)."""
+def build_tokenizer(
+    vocab_size: int = 6000, texts: tuple[str, ...] | None = None, data_dir: str | None = None
+) -> PreTrainedTokenizerFast:
+    """A Llama-style BPE tokenizer trained on the course text in `data_dir` (or on `texts`)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(list(texts) if texts else _course_texts(), trainer=trainer)
+    tok.train_from_iterator(list(texts) if texts else _course_texts(data_dir), trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(

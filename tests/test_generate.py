@@ -11,7 +11,6 @@ from tangpoem import tiny
 from tangpoem.data import Row, load_test_rows
 from tangpoem.generate import (
     cut_at_eos,
-    format_results_txt,
     generate,
     generate_test_results,
     generation_config,

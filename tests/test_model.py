@@ -38,3 +38,9 @@ def test_pad_token_falls_back_to_eos_without_unk():
 def test_cpu_computes_in_float32():
     assert resolve_compute_dtype(Config(), torch.device("cpu")) == torch.float32
     assert resolve_compute_dtype(Config(compute_dtype="float16"), torch.device("cpu")) == torch.float16
+
+
+def test_tiny_tokenizer_reads_the_configured_data_dir(tmp_path):
+    """Tiny models train their tokenizer on the course text in data_dir; without it, one clear line."""
+    with pytest.raises(InputError, match="Tang_training_data.json: file not found"):
+        tiny.build_tokenizer(4700, data_dir=str(tmp_path))

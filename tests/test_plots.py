@@ -77,3 +77,18 @@ def test_quantization_config_is_the_homeworks():
     pytest.importorskip("bitsandbytes")
     q = notebook.quantization_config_for(notebook.config_from_parameters(None, {})).to_dict()
     assert q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] and q["load_in_4bit"]
+
+
+def test_prepare_data_never_replaces_files_that_are_there(tmp_path, course_dir):
+    """A broken local file is reported, not silently re-downloaded over (nothing lost)."""
+    import shutil
+
+    from tangpoem.errors import InputError
+
+    for name in ("Tang_training_data.json", "Tang_testing_data.json", "Tang_testing_gt.txt"):
+        shutil.copy(course_dir / name, tmp_path / name)
+    assert "5001 training rows" in notebook.prepare_data(str(tmp_path))
+    (tmp_path / "Tang_testing_data.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(InputError, match="record 0: expected an object"):
+        notebook.prepare_data(str(tmp_path))
+    assert (tmp_path / "Tang_testing_data.json").read_text(encoding="utf-8") == "[1]"
