@@ -109,6 +109,30 @@ def homework_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: in
     return figure
 
 
+def trl_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: int, out: Path, **overrides: Any) -> dict[str, Any]:
+    """(c) TRL's SFTTrainer on prompt/completion rows (the loss on completions only, TRL's default for
+    such rows) with the homework's hyperparameters and TRL's defaults otherwise."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from tangpoem.model import lora_config
+    from tangpoem.prompt import course_prompt
+
+    rows = load_train_rows(cfg.data_dir, 1040)
+    dataset = Dataset.from_list([{"prompt": course_prompt(r.instruction, r.input), "completion": r.output} for r in rows])
+    homework = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, num_train_epochs=1, learning_rate=3e-4,
+                    fp16=True, warmup_steps=50, logging_steps=20, seed=42)
+    args = SFTConfig(output_dir=str(out), max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True,
+                     **{**homework, **overrides})
+    trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(cfg))
+    _, seconds, peak = timed(trainer.train)
+    figure = {"steps_timed": steps, "seconds_timed": seconds, "peak_gb": peak, "seconds_per_step": seconds / steps,
+              "epoch_seconds": seconds / steps * 65, "epoch_seconds_is": "measured" if steps == 65 else f"scaled from {steps} steps",
+              "gradient_checkpointing": args.gradient_checkpointing, "trl_version": __import__("trl").__version__}
+    trainer.model.unload()
+    return figure
+
+
 def homework_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, prompts: int) -> dict[str, Any]:
     """One prompt at a time with output_scores and transformers' no_repeat_ngram_size 3, as the homework."""
     from tangpoem.generate import generation_config
@@ -130,6 +154,57 @@ def homework_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, prompt
             "seconds_15": seconds / prompts * 15, "seconds_15_is": "measured" if prompts == 15 else f"scaled from {prompts} prompts"}
 
 
+class StepClock:
+    """Wall time at the end of every optimizer step (the loop syncs on the loss each step), so the
+    first steps (compilation) can be told apart from the steady state."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def __call__(self, step: int, record: dict[str, float]) -> None:
+        self.ends.append(time.perf_counter())
+
+    def figures(self, loop_seconds: float, steps_per_epoch: int = 65) -> dict[str, float]:
+        later = [b - a for a, b in zip(self.ends, self.ends[1:])]
+        steps = [loop_seconds - sum(later), *later]  # the loop's own clock starts just before step 1
+        steady = sorted(steps[5:])[len(steps[5:]) // 2] if len(steps) > 5 else float("nan")
+        return {"first_step_s": steps[0], "first_5_steps_s": sum(steps[:5]), "steady_step_s": steady,
+                "steady_epoch_s": steady * steps_per_epoch}
+
+
+def tangpoem_training(cfg: Any, base: torch.nn.Module | None = None) -> tuple[dict[str, Any], Any]:
+    """tangpoem's own loop on `cfg`; loads (and, with dequantize_base, dequantizes) its own base unless given one."""
+    from tangpoem.train import train
+
+    clock = StepClock()
+    result, seconds, peak = timed(lambda: train(cfg, on_step_end=[clock], base_model=base))
+    figure = {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak, "steps": len(result.history),
+              "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **clock.figures(result.seconds)}
+    return figure, result
+
+
+def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attempts: int = 2) -> dict[str, Any]:
+    """The 15 test prompts in one batch, n-gram bans on the device; `attempts` calls (the first one pays
+    for compiling where the config compiles)."""
+    from tangpoem.generate import generate
+
+    rows = load_test_rows(cfg.data_dir)
+    out: dict[str, Any] = {"new_tokens_per_poem": cfg.max_new_tokens, "static_cache": cfg.static_cache}
+    for attempt in range(attempts):
+        _, seconds, peak = timed(lambda: generate(model, tokenizer, rows, cfg, progress=False))
+        out[f"call_{attempt + 1}_seconds"], out["peak_gb"] = seconds, peak
+    out["seconds"] = out[f"call_{attempts}_seconds"]
+    return out
+
+
+def release(*objects: Any) -> None:
+    import gc
+
+    del objects
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -137,9 +212,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-speed"))
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--baseline-steps", type=int, default=65)
+    parser.add_argument("--trl-steps", type=int, default=65)
     parser.add_argument("--baseline-prompts", type=int, default=15)
-    parser.add_argument("--t4-steps", type=int, default=8)
-    parser.add_argument("--levers", action="store_true", help="only tangpoem's training, each lever on and off")
+    parser.add_argument("--t4-steps", type=int, default=65)
+    parser.add_argument("--levers", action="store_true", help="only tangpoem's recipes, each lever on and off")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     args = parser.parse_args()
 
@@ -148,9 +224,8 @@ def main() -> None:
     import transformers
 
     from tangpoem.decoding import merge_lora_dequantized
-    from tangpoem.generate import generate
-    from tangpoem.model import load_base_model, load_tokenizer
-    from tangpoem.train import train
+    from tangpoem.model import load_adapter, load_base_model, load_tokenizer
+    from tangpoem.train import pick_checkpoint
 
     name = torch.cuda.get_device_name()
     results: dict[str, Any] = {
@@ -158,8 +233,6 @@ def main() -> None:
         "transformers": transformers.__version__, "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__,
         "model": "random-initialised Mistral of Breeze-7B's shape, NF4 double quantization",
         "tokenizer": "stand-in: BPE for the prompt's ASCII, one token per Chinese character",
-        "not_run": ["(c) TRL SFTTrainer: TRL and datasets are not on the device and were not carried",
-                    "DDP on 2 GPUs: needs the 2-GPU kind; not run in this session"],
         "figures": {}, "errors": {},
     }
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
@@ -186,81 +259,109 @@ def main() -> None:
     if args.build_only:
         print(f"wrote {ckpt}")
         return
-    fast = load_config("breeze-h100", {"model_name_or_path": str(ckpt), "data_dir": args.data_dir,
-                                       "output_dir": str(args.work / "b"), "max_new_tokens": 128, "min_new_tokens": 128})
+    shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
+    fast = load_config("breeze-h100", {**shape, "output_dir": str(args.work / "b")})
     tokenizer = load_tokenizer(fast)
-    base, figures["load_nf4_seconds"], figures["nf4_loaded_gb"] = timed(lambda: load_base_model(fast))
+    results["config_breeze_h100"] = fast.to_dict()
 
-    if args.levers:  # tangpoem's training with each lever on or off, 65 steps each, on this one base
-        variants = {  # fp32-upcast variants last: that cast changes the shared base for good
-            "padded, bf16 norms": {"padding_free": False, "kbit_fp32_upcast": False},
-            "packed, bf16 norms": {"kbit_fp32_upcast": False},
-            "packed, bf16 norms, answer logits only": {"kbit_fp32_upcast": False, "answer_logits_only": True},
-            "packed, fp32 norms (breeze-h100 as run before)": {},
+    if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
+        before = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False}
+        variants = {
+            "packed, bf16 norms, answer logits (the previous breeze-h100)": before,
+            "+ dequantized base": {**before, "dequantize_base": True},
+            "+ compiled layers": {**before, "compile": True},
+            "+ dequantized base + compiled layers": {**before, "dequantize_base": True, "compile": True},
         }
-        figures["levers"] = {}
+        t4_variants = {  # fp16 as on a T4, fp32 norms, 16 steps each (scaled)
+            "T4: packed, micro-batch 16, checkpointing": {"micro_batch_size": 16, "gradient_checkpointing": True},
+            "T4: packed, micro-batch 8, checkpointing": {"micro_batch_size": 8, "gradient_checkpointing": True},
+            "T4: packed, micro-batch 4, no checkpointing": {"micro_batch_size": 4, "gradient_checkpointing": False},
+        }
+        figures["levers"], last = {}, {}
         for label, overrides in variants.items():
             cfg = load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
 
             def lever(cfg=cfg) -> dict[str, Any]:
-                result, _, peak = timed(lambda: train(cfg, base_model=base))
-                result.model.unload()
-                return {"loop_seconds": result.seconds, "peak_gb": peak, "last_loss": result.history[-1]["loss"]}
+                figure, result = tangpoem_training(cfg)
+                release(last.pop("model", None))
+                last["model"] = result.model
+                return figure
 
             figures["levers"][label] = stage(f"lever: {label}", lever)
+        for label, overrides in t4_variants.items():
+            cfg = load_config("breeze-colab-t4", {**shape, **overrides, "compute_dtype": "float16", "padding_free": True,
+                                                  "answer_logits_only": True, "max_steps": 16, "save_steps": 1000,
+                                                  "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
+
+            def t4_lever(cfg=cfg) -> dict[str, Any]:
+                figure, result = tangpoem_training(cfg)
+                release(result)
+                return {**figure, "epoch_seconds_scaled": figure["loop_seconds"] / figure["steps"] * 65}
+
+            figures["levers"][label] = stage(f"lever: {label}", t4_lever)
+        if last.get("model") is not None:
+            merged = merge_lora_dequantized(last.pop("model"), torch.bfloat16)
+            for label, static in (("generate: merged, dynamic cache", False), ("generate: merged, static cache (compiled)", True)):
+                gen_cfg = load_config(None, {**fast.to_dict(), "static_cache": static})
+                figures["levers"][label] = stage(label, lambda gen_cfg=gen_cfg: tangpoem_generation(merged, tokenizer, gen_cfg, 3))
         atomic_write_json(out_file, results)
         return
 
-    # (a) the homework's recipe (its LoRA layers are unloaded afterwards: the base serves every stage)
+    base, figures["load_nf4_seconds"], figures["nf4_loaded_gb"] = timed(lambda: load_base_model(fast))
+    # (a) the homework's recipe and (c) TRL on the shared NF4 base (each unloads its LoRA layers afterwards)
     figures["train_homework"] = stage("train_homework", lambda: homework_training(base, fast, tokenizer, args.baseline_steps, args.work / "a"))
+    figures["train_trl"] = stage("train_trl", lambda: trl_training(base, fast, tokenizer, args.trl_steps, args.work / "c"))
 
-    # the breeze-colab-t4 profile (fp16 autocast, checkpointing, micro-batch 4): peak memory and speed
-    t4 = load_config("breeze-colab-t4", {"model_name_or_path": str(ckpt), "data_dir": args.data_dir,
-                                         "output_dir": str(args.work / "t4"), "max_steps": args.t4_steps,
+    # the breeze-colab-t4 profile, as on a T4: fp16 autocast, no bf16, no compiled kernels
+    t4 = load_config("breeze-colab-t4", {**shape, "output_dir": str(args.work / "t4"), "max_steps": args.t4_steps,
                                          "compute_dtype": "float16", "save_steps": 1000})
+    results["config_breeze_colab_t4"] = t4.to_dict()
 
     def t4_profile() -> dict[str, Any]:
-        result, seconds, peak = timed(lambda: train(t4, base_model=base))
+        figure, result = tangpoem_training(t4, base)
         result.model.unload()
-        return {"steps": len(result.history), "loop_seconds": result.seconds, "peak_gb": peak,
-                "epoch_seconds_scaled": result.seconds / len(result.history) * 65,
-                "note": "autocast fp16 as on a T4; the shared NF4 load dequantizes to bf16"}
+        return {**figure, "epoch_seconds": figure["loop_seconds"] / figure["steps"] * 65,
+                "epoch_seconds_is": "measured" if figure["steps"] == 65 else f"scaled from {figure['steps']} steps"}
 
     figures["t4_profile"] = stage("t4_profile", t4_profile)
 
-    # (b) tangpoem's GPU recipe: same rows, 16 rows a step, 65 steps, same schedule
+    # (b) tangpoem's GPU recipe (breeze-h100): same rows, 16 rows a step, 65 steps, same schedule; own base
     trained: dict[str, Any] = {}
 
     def fast_training() -> dict[str, Any]:
-        result, seconds, peak = timed(lambda: train(fast, base_model=base))
+        figure, result = tangpoem_training(fast)
         trained["model"] = result.model
-        return {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak,
-                "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], "steps": len(result.history)}
+        return figure
 
     figures["train_tangpoem"] = stage("train_tangpoem", fast_training)
 
-    # generation with the trained adapter: the homework's way, then tangpoem's (LoRA merged into
-    # dequantized bf16 weights, the 15 prompts in one batch, n-gram bans on the device)
-    tuned = trained.get("model")
-    if tuned is not None:
-        figures["generate_homework"] = stage("generate_homework", lambda: homework_generation(tuned, tokenizer, fast, args.baseline_prompts))
+    # generation with the adapter (b) trained: the homework's way on the NF4 base, then tangpoem's
+    # (LoRA merged into dequantized bf16 weights, one batch, n-gram bans on the device, static cache)
+    if trained.get("model") is not None:
+        def homework_generate() -> dict[str, Any]:
+            tuned = load_adapter(base, str(pick_checkpoint(fast.output_dir)))
+            try:
+                return homework_generation(tuned, tokenizer, fast, args.baseline_prompts)
+            finally:
+                tuned.unload()
+
+        figures["generate_homework"] = stage("generate_homework", homework_generate)
 
         def fast_generation() -> dict[str, Any]:
-            merged, merge_seconds, _ = timed(lambda: merge_lora_dequantized(tuned, torch.bfloat16))
-            rows = load_test_rows(args.data_dir)
-            out: dict[str, Any] = {"merge_seconds": merge_seconds, "new_tokens_per_poem": fast.max_new_tokens}
-            for attempt in ("first", "second"):
-                _, seconds, peak = timed(lambda: generate(merged, tokenizer, rows, fast, progress=False))
-                out[f"{attempt}_seconds"], out["peak_gb"] = seconds, peak
-            return out
+            merged, merge_seconds, _ = timed(lambda: merge_lora_dequantized(trained.pop("model"), torch.bfloat16))
+            return {"merge_seconds": merge_seconds, **tangpoem_generation(merged, tokenizer, fast, 3)}
 
         figures["generate_tangpoem"] = stage("generate_tangpoem", fast_generation)
-    if figures.get("train_homework") and figures.get("train_tangpoem"):
-        figures["train_speedup"] = figures["train_homework"]["epoch_seconds"] / figures["train_tangpoem"]["loop_seconds"]
-    if figures.get("generate_homework") and figures.get("generate_tangpoem"):
-        figures["generate_speedup"] = figures["generate_homework"]["seconds_15"] / figures["generate_tangpoem"]["second_seconds"]
-    if figures.get("train_homework") and figures.get("t4_profile"):
-        figures["t4_profile_speedup"] = figures["train_homework"]["epoch_seconds"] / figures["t4_profile"]["epoch_seconds_scaled"]
+
+    def ratio(a: str, a_key: str, b: str, b_key: str) -> float | None:
+        if figures.get(a) and figures.get(b):
+            return figures[a][a_key] / figures[b][b_key]
+        return None
+
+    figures["train_speedup_vs_homework"] = ratio("train_homework", "epoch_seconds", "train_tangpoem", "loop_seconds")
+    figures["train_speedup_vs_trl"] = ratio("train_trl", "epoch_seconds", "train_tangpoem", "loop_seconds")
+    figures["generate_speedup"] = ratio("generate_homework", "seconds_15", "generate_tangpoem", "seconds")
+    figures["t4_profile_speedup"] = ratio("train_homework", "epoch_seconds", "t4_profile", "epoch_seconds")
     atomic_write_json(out_file, results)
     print(json.dumps(results, indent=1, default=str))
 

@@ -59,6 +59,8 @@ class Config:
     padding_free: bool = False  # pack each micro-batch into one sequence (no pad tokens); faster on big GPUs
     answer_logits_only: bool = False  # padding_free only: lm_head and loss only where a label is (~30% of tokens)
     kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
+    dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
+    compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling
     # --- generation ---
     checkpoint_index: int = -1  # which checkpoint to generate with (the homework's pick-by-index; -1 = last)
     generation_batch_size: int = 16
@@ -69,6 +71,7 @@ class Config:
     no_repeat_ngram_size: int = 3
     max_new_tokens: int = 128
     min_new_tokens: int = 0  # > 0 forbids EOS before this many new tokens (small models may stop at once)
+    static_cache: bool = False  # static KV cache; on a GPU transformers compiles the decode step with CUDA graphs
     results_dir: str | None = None  # default: <output_dir>
 
     def __post_init__(self) -> None:
@@ -127,6 +130,10 @@ def validate(cfg: Config) -> None:
         raise bad("max_steps", "must be >= 1 or null")
     if cfg.answer_logits_only and not cfg.padding_free:
         raise bad("answer_logits_only", "needs padding_free=true (it keeps logits of one packed sequence)")
+    if cfg.dequantize_base and not cfg.load_in_4bit:
+        raise bad("dequantize_base", "needs load_in_4bit=true (it dequantizes the NF4 weights once)")
+    if cfg.dequantize_base and cfg.kbit_fp32_upcast:
+        raise bad("dequantize_base", "needs kbit_fp32_upcast=false (the upcast would turn the dequantized weights into fp32)")
     if not cfg.lora_target_modules:
         raise bad("lora_target_modules", "must name at least one module")
 

@@ -55,25 +55,19 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
     model would re-quantize them). Needs ~2 bytes a parameter of GPU memory (~15 GB for Breeze)."""
     from peft.tuners.lora import LoraLayer
 
-    try:
-        import bitsandbytes as bnb
-    except ImportError:  # CPU-only installs: nothing can be 4-bit there
-        bnb = None
+    from tangpoem.model import dequantized_weight
 
-    def dense(base: torch.nn.Module) -> torch.Tensor:
-        if bnb is not None and isinstance(base, bnb.nn.Linear4bit):
-            return bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
-        return base.weight.detach().to(dtype)
+    def quantized(module: torch.nn.Module) -> bool:
+        return type(module).__name__ == "Linear4bit"
 
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     replacements: list[tuple[str, torch.nn.Module]] = []
     for name, module in root.named_modules():
         lora = isinstance(module, LoraLayer)
-        quantized = bnb is not None and isinstance(module, bnb.nn.Linear4bit)
-        if not (lora or quantized) or any(name.startswith(done + ".") for done, _ in replacements):
+        if not (lora or quantized(module)) or any(name.startswith(done + ".") for done, _ in replacements):
             continue
         base = module.get_base_layer() if lora else module
-        weight = dense(base)
+        weight = dequantized_weight(base, dtype)
         if lora:
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
@@ -91,4 +85,5 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
         param.data = param.data.to(dtype)
         param.requires_grad_(False)
     root.config.use_cache = True
+    root.hf_quantizer = None  # nothing is 4-bit any more: lets generate compile it (static cache)
     return root.eval()

@@ -48,6 +48,8 @@ def fast_generation_config(cfg: Config, tokenizer: Any) -> tuple[Any, Any]:
     # Neutral values, not None: None would let transformers fill in its defaults (top_k=50) after ours.
     gen_config.no_repeat_ngram_size = 0
     gen_config.temperature, gen_config.top_k, gen_config.top_p = 1.0, 0, 1.0
+    if cfg.static_cache:  # on a GPU, transformers then compiles the decode step (CUDA graphs)
+        gen_config.cache_implementation = "static"
     return gen_config, logits_processors(cfg.no_repeat_ngram_size, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p)
 
 

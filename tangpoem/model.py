@@ -108,6 +108,35 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
     return model
 
 
+def dequantized_weight(linear: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The dense weight of a Linear or a bitsandbytes Linear4bit: for NF4, exactly the values each
+    4-bit matmul dequantizes to before multiplying."""
+    if type(linear).__name__ == "Linear4bit":
+        import bitsandbytes as bnb
+
+        return bnb.functional.dequantize_4bit(linear.weight.data, linear.weight.quant_state).to(dtype)
+    return linear.weight.detach().to(dtype, copy=True)  # a copy: callers add LoRA deltas to it
+
+
+@torch.no_grad()
+def dequantize_4bit_layers(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Replace every Linear4bit with a frozen Linear holding its dequantized weight; returns how many.
+
+    Same forward values as the 4-bit layers (which dequantize on every call), without the per-call
+    dequantization: a big GPU trades ~2 bytes a parameter of memory for speed."""
+    replaced = [(name, module) for name, module in model.named_modules() if type(module).__name__ == "Linear4bit"]
+    for name, module in replaced:
+        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                 device=module.weight.device, dtype=dtype)
+        linear.weight.copy_(dequantized_weight(module, dtype))
+        if module.bias is not None:
+            linear.bias.copy_(module.bias.to(dtype))
+        linear.requires_grad_(False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+    return len(replaced)
+
+
 def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     """k-bit preparation for a 4-bit model, gradient checkpointing when the config asks for it."""
     from peft import prepare_model_for_kbit_training
@@ -115,6 +144,8 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
     checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs and under DDP
     if not cfg.gradient_checkpointing and getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()  # a base model reused from an earlier run may have it on
+    if cfg.dequantize_base and getattr(model, "is_loaded_in_4bit", False):
+        dequantize_4bit_layers(model, resolve_compute_dtype(cfg, next(model.parameters()).device))
     if getattr(model, "is_loaded_in_4bit", False) and not cfg.kbit_fp32_upcast:
         # bf16 on sm80+ trains stably without fp32 norms; skipping the cast saves the copies it causes
         for param in model.parameters():
@@ -166,6 +197,18 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str, trainable: bool = Fal
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """torch.compile each decoder layer (regional compilation): the layers share one compiled graph, so
+    compiling costs one layer's time, and the norms, RoPE, SwiGLU and LoRA's small ops become a few
+    fused kernels. Sequence lengths vary from step to step, so the graph is compiled for dynamic shapes."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def load_model(cfg: Config) -> tuple[torch.nn.Module, Any]:

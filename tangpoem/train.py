@@ -29,6 +29,7 @@ from tangpoem.errors import InputError
 from tangpoem.io import atomic_write_json
 from tangpoem.model import (
     add_lora,
+    compile_decoder_layers,
     load_adapter,
     load_base_model,
     load_tokenizer,
@@ -224,6 +225,8 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
         model = add_lora(base, cfg)
     if dist_info.is_main:
         model.print_trainable_parameters()
+    if cfg.compile:
+        log(f"compile: {compile_decoder_layers(model)} decoder layers (the first steps are slower)")
     params = [p for p in model.parameters() if p.requires_grad]
 
     # 4. optimizer and schedule (linear warmup then linear decay, as HF Trainer's default)
@@ -231,7 +234,8 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
 
     steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all ~450 LoRA tensors instead of a few per tensor (same update rule)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
     history: list[dict[str, float]] = []

@@ -30,9 +30,10 @@ def tiny_model():
     return tiny.build_model("tiny-mistral", tokenizer).eval(), tokenizer
 
 
-def test_fast_greedy_path_yields_the_tokens_of_plain_generate(tiny_model, tiny_config, course_dir):
+@pytest.mark.parametrize("static_cache", [False, True])
+def test_fast_greedy_path_yields_the_tokens_of_plain_generate(tiny_model, tiny_config, course_dir, static_cache):
     model, tokenizer = tiny_model
-    cfg = tiny_config(do_sample=False, no_repeat_ngram_size=3, max_new_tokens=24)
+    cfg = tiny_config(do_sample=False, no_repeat_ngram_size=3, max_new_tokens=24, static_cache=static_cache)
     rows = load_test_rows(course_dir)
     fast = generate(model, tokenizer, rows, cfg, progress=False)
     plain = []

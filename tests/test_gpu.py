@@ -100,3 +100,25 @@ def test_fast_recipe_and_merged_generation_on_gpu(small_mistral, tmp_path, cours
         actual = merged(ids).logits.float()
     assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
     assert torch.equal(actual.argmax(-1), expected.argmax(-1))
+
+
+def test_dequantized_compiled_training_and_static_cache_generation(small_mistral, tmp_path, course_dir):
+    """breeze-h100's other levers: the NF4 weights dequantized once, compiled decoder layers; the loss
+    follows the 4-bit run's; then greedy generation through the static (compiled, CUDA-graph) cache
+    gives the tokens of the dynamic cache."""
+    from tangpoem.decoding import merge_lora_dequantized
+    from tangpoem.generate import generate
+
+    common = dict(gradient_checkpointing=False, padding_free=True, answer_logits_only=True, kbit_fp32_upcast=False,
+                  micro_batch_size=8, compute_dtype="bfloat16", lora_dropout=0.0)
+    plain = train(gpu_config(small_mistral, tmp_path / "plain", course_dir, **common))
+    fast = train(gpu_config(small_mistral, tmp_path / "fast", course_dir, **common, dequantize_base=True, compile=True))
+    assert not any(type(m).__name__ == "Linear4bit" for m in fast.model.modules())
+    for a, b in zip(plain.history, fast.history):
+        assert abs(a["loss"] - b["loss"]) < 0.02 * a["loss"], (a, b)  # bf16 rounding, nothing more
+    cfg = gpu_config(small_mistral, tmp_path / "fast", course_dir, do_sample=False, max_new_tokens=32, min_new_tokens=32)
+    rows = load_test_rows(course_dir)
+    merged = merge_lora_dequantized(fast.model, torch.bfloat16)
+    dynamic = generate(merged, load_tokenizer(cfg), rows, cfg, progress=False)
+    static = generate(merged, load_tokenizer(cfg), rows, load_config(None, {**cfg.to_dict(), "static_cache": True}), progress=False)
+    assert static == dynamic
