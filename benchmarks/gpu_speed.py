@@ -197,10 +197,9 @@ def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attemp
     return out
 
 
-def release(*objects: Any) -> None:
+def release() -> None:
     import gc
 
-    del objects
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -215,7 +214,7 @@ def main() -> None:
     parser.add_argument("--trl-steps", type=int, default=65)
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=65)
-    parser.add_argument("--levers", action="store_true", help="only tangpoem's recipes, each lever on and off")
+    parser.add_argument("--levers", default="", help="only tangpoem's recipes, each lever on and off: any of train,t4,generate")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     args = parser.parse_args()
 
@@ -236,7 +235,7 @@ def main() -> None:
         "figures": {}, "errors": {},
     }
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    out_file = args.results_dir / (stem + ("-levers" if args.levers else "") + ".json")
+    out_file = args.results_dir / (stem + ("-levers-" + args.levers.replace(",", "-") if args.levers else "") + ".json")
     figures = results["figures"]
 
     def stage(key: str, fn: Callable[[], Any]) -> Any:
@@ -265,42 +264,47 @@ def main() -> None:
     results["config_breeze_h100"] = fast.to_dict()
 
     if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
+        figures["levers"] = {}
         before = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False}
-        variants = {
+        train_variants = {
             "packed, bf16 norms, answer logits (the previous breeze-h100)": before,
             "+ dequantized base": {**before, "dequantize_base": True},
             "+ compiled layers": {**before, "compile": True},
             "+ dequantized base + compiled layers": {**before, "dequantize_base": True, "compile": True},
         }
-        t4_variants = {  # fp16 as on a T4, fp32 norms, 16 steps each (scaled)
-            "T4: packed, micro-batch 16, checkpointing": {"micro_batch_size": 16, "gradient_checkpointing": True},
-            "T4: packed, micro-batch 8, checkpointing": {"micro_batch_size": 8, "gradient_checkpointing": True},
-            "T4: packed, micro-batch 4, no checkpointing": {"micro_batch_size": 4, "gradient_checkpointing": False},
+        t4_variants = {  # fp16 as on a T4, packed rows, answer logits only; 16 steps each (scaled)
+            "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True},
+            "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
+            "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True},
+            "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
+            "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False},
         }
-        figures["levers"], last = {}, {}
-        for label, overrides in variants.items():
+        for label, overrides in train_variants.items() if "train" in args.levers else ():
             cfg = load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
 
             def lever(cfg=cfg) -> dict[str, Any]:
                 figure, result = tangpoem_training(cfg)
-                release(last.pop("model", None))
-                last["model"] = result.model
+                result.model = None
                 return figure
 
             figures["levers"][label] = stage(f"lever: {label}", lever)
-        for label, overrides in t4_variants.items():
-            cfg = load_config("breeze-colab-t4", {**shape, **overrides, "compute_dtype": "float16", "padding_free": True,
-                                                  "answer_logits_only": True, "max_steps": 16, "save_steps": 1000,
+            release()
+        for label, overrides in t4_variants.items() if "t4" in args.levers else ():
+            cfg = load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "padding_free": True, "answer_logits_only": True,
+                                                  "max_steps": 16, "save_steps": 1000, **overrides,
                                                   "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
 
             def t4_lever(cfg=cfg) -> dict[str, Any]:
                 figure, result = tangpoem_training(cfg)
-                release(result)
+                result.model = None
                 return {**figure, "epoch_seconds_scaled": figure["loop_seconds"] / figure["steps"] * 65}
 
             figures["levers"][label] = stage(f"lever: {label}", t4_lever)
-        if last.get("model") is not None:
-            merged = merge_lora_dequantized(last.pop("model"), torch.bfloat16)
+            release()
+        if "generate" in args.levers:  # timing does not depend on the weights: fresh (zero-delta) adapters
+            from tangpoem.model import add_lora
+
+            merged = merge_lora_dequantized(add_lora(load_base_model(fast), fast), torch.bfloat16)
             for label, static in (("generate: merged, dynamic cache", False), ("generate: merged, static cache (compiled)", True)):
                 gen_cfg = load_config(None, {**fast.to_dict(), "static_cache": static})
                 figures["levers"][label] = stage(label, lambda gen_cfg=gen_cfg: tangpoem_generation(merged, tokenizer, gen_cfg, 3))
