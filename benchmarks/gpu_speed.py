@@ -120,8 +120,9 @@ def trl_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: int, ou
 
     rows = load_train_rows(cfg.data_dir, 1040)
     dataset = Dataset.from_list([{"prompt": course_prompt(r.instruction, r.input), "completion": r.output} for r in rows])
+    # precision is TRL's default too (bf16 where the GPU has it): the model is bf16, as a careful user loads it
     homework = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, num_train_epochs=1, learning_rate=3e-4,
-                    fp16=True, warmup_steps=50, logging_steps=20, seed=42)
+                    warmup_steps=50, logging_steps=20, seed=42)
     args = SFTConfig(output_dir=str(out), max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True,
                      **{**homework, **overrides})
     trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(cfg))
@@ -215,6 +216,7 @@ def main() -> None:
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=65)
     parser.add_argument("--levers", default="", help="only tangpoem's recipes, each lever on and off: any of train,t4,generate")
+    parser.add_argument("--stages", default="", help="only these stages of the main run (comma-separated keys), e.g. train_trl,train_tangpoem")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     args = parser.parse_args()
 
@@ -235,10 +237,13 @@ def main() -> None:
         "figures": {}, "errors": {},
     }
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    out_file = args.results_dir / (stem + ("-levers-" + args.levers.replace(",", "-") if args.levers else "") + ".json")
+    suffix = "-levers-" + args.levers.replace(",", "-") if args.levers else "-" + args.stages.replace(",", "-") if args.stages else ""
+    out_file = args.results_dir / (stem + suffix + ".json")
     figures = results["figures"]
 
     def stage(key: str, fn: Callable[[], Any]) -> Any:
+        if args.stages and key not in args.stages.split(","):
+            return None
         print(f"--- {key}", flush=True)
         try:
             value = fn()
