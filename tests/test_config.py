@@ -26,8 +26,20 @@ def test_shipped_configs_load(name):
     assert load_config(name) == cfg  # a bare name finds the file in configs/
 
 
-def test_breeze_config_restates_the_defaults():
-    assert load_config("breeze-colab-t4") == Config()
+# How the rows are laid out on the GPU; none of them changes what is learned (rows per step, schedule, loss).
+LAYOUT_KEYS = {"micro_batch_size", "padding_free", "answer_logits_only", "kbit_fp32_upcast"}
+
+
+@pytest.mark.parametrize("name", ["breeze-colab-t4", "taide-colab-t4", "breeze-h100"])
+def test_gpu_configs_keep_the_homeworks_training(name):
+    """The GPU configs differ from the defaults (the homework's values) in layout and speed levers only."""
+    cfg, defaults = load_config(name).to_dict(), Config().to_dict()
+    levers = LAYOUT_KEYS | {"gradient_checkpointing", "compute_dtype", "dequantize_base", "compile", "static_cache"}
+    where = {"model_name_or_path", "output_dir"}
+    differ = {k for k in cfg if cfg[k] != defaults[k]}
+    assert differ <= levers | where, differ - levers - where
+    if name.endswith("colab-t4"):
+        assert differ - where == LAYOUT_KEYS  # a T4: no bf16, no compiled kernels, checkpointing kept
 
 
 def test_set_overrides_are_typed():
