@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 Form = tuple[int, int]  # (characters per verse, verses in the whole poem)
 
