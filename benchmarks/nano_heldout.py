@@ -13,14 +13,19 @@ import argparse
 import json
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from tangpoem import nano
 from tangpoem.config import load_config
+from tangpoem.data import load_train_rows
+from tangpoem.forms import count_accuracy, form_mix, majority_count_by_length, poem_form
 from tangpoem.generate import generate, load_for_generation
 from tangpoem.grade import grade_predictions
+from tangpoem.grade.normalize import split_verses, strip_punctuation
+from tangpoem.grade.prosody import continuation_pingze
 from tangpoem.io import atomic_write_json
 from tangpoem.train import list_checkpoints, train
 
@@ -33,6 +38,14 @@ def score(rows, gt, predictions) -> dict[str, float]:
     # A regular poem (jueju: 4 verses, lüshi: 8) once the input couplet is put back, every verse of the
     # couplet's length: right form even where the true poem happens to be the other of the two lengths.
     regular = [p.form.lengths_ok * (p.form.verse_count + 2 in (4, 8)) for p in graded.poems]
+    # The grader's pingze_score counts the input couplet too and skips wrong-length verses, so where
+    # few predicted verses have the couplet's length (before fine-tuning) it mostly scores the couplet.
+    # continuation_pingze: the model's own verses only, summed over all their checked positions.
+    fit = known = 0
+    for p in graded.poems:
+        couplet = [v for v in (strip_punctuation(v) for v in split_verses(p.input)) if v]
+        poem_fit, poem_known = continuation_pingze(couplet, [v for v in (strip_punctuation(v) for v in p.verses) if v])
+        fit, known = fit + poem_fit, known + poem_known
     return {
         "form_accuracy": sum(form_ok) / len(form_ok),
         "verse_count_right": graded.mean["verse_count_ok"],
@@ -41,7 +54,30 @@ def score(rows, gt, predictions) -> dict[str, float]:
         "pingze_conformity": graded.mean["pingze_score"],
         "rhyme": graded.mean["rhyme_score"],
         "verse_length_rate": graded.mean["length_ok_rate"],
+        "continuation_pingze": fit / known if known else 0.0,
+        "continuation_pingze_positions": known,
     }
+
+
+def forms(gt: list[str], train_rows: list) -> dict:
+    """The held-out and fine-tuning forms, and the strict-form ceiling of a couplet-only predictor."""
+    heldout = [(length, count + 2) for length, count in map(poem_form, gt)]  # + the input couplet
+    course = [poem_form(r.input + r.output) for r in train_rows]
+    rule = majority_count_by_length(course)
+    return {
+        "heldout_mix": form_mix(heldout),
+        "fine_tuning_mix": form_mix(course),
+        "course_rule": {str(length): count for length, count in rule.items()},
+        # Strict form needs the verse count right; the couplet gives the length, not the count.
+        "strict_ceiling_course_rule": count_accuracy(rule, heldout),
+        "strict_ceiling_heldout_majority": count_accuracy(majority_count_by_length(heldout), heldout),
+    }
+
+
+def verse_counts(predictions: list[str]) -> dict[str, int]:
+    """How many verses the model wrote after the couplet, e.g. {"2": 180, "6": 20}."""
+    counts = Counter(poem_form(p)[1] for p in predictions)
+    return {str(count): n for count, n in sorted(counts.items())}
 
 
 def main() -> None:
@@ -57,11 +93,13 @@ def main() -> None:
     rows, gt = nano.heldout_rows(args.corpus, args.limit)
     print(f"{len(rows)} held-out poems")
     figures: dict[str, dict[str, float]] = {}
+    written: dict[str, dict[str, int]] = {}
     timings: dict[str, float] = {}
 
     model, tokenizer, _ = load_for_generation(cfg, adapter=None)
     started = time.perf_counter()
-    figures["before"] = score(rows, gt, generate(model, tokenizer, rows, cfg))
+    predictions = generate(model, tokenizer, rows, cfg)
+    figures["before"], written["before"] = score(rows, gt, predictions), verse_counts(predictions)
     timings["generate_before_s"] = time.perf_counter() - started
 
     if not list_checkpoints(cfg.output_dir):
@@ -70,13 +108,14 @@ def main() -> None:
         timings["fine_tune_s"] = time.perf_counter() - started
     model, tokenizer, adapter = load_for_generation(cfg)
     started = time.perf_counter()
-    figures["after"] = score(rows, gt, generate(model, tokenizer, rows, cfg))
+    predictions = generate(model, tokenizer, rows, cfg)
+    figures["after"], written["after"] = score(rows, gt, predictions), verse_counts(predictions)
     timings["generate_after_s"] = time.perf_counter() - started
 
-    print(f"{'measure':<20}{'before':>10}{'after':>10}")
+    print(f"{'measure':<30}{'before':>10}{'after':>10}")
     for name in figures["before"]:
         before, after = figures["before"][name], figures["after"][name]
-        print(f"{name:<20}{before:>10.3f}{after:>10.3f}")
+        print(f"{name:<30}{before:>10.3f}{after:>10.3f}")
     import transformers, peft  # noqa: E401
 
     atomic_write_json(args.results, {
@@ -86,7 +125,8 @@ def main() -> None:
         "transformers": transformers.__version__, "peft": peft.__version__,
         "heldout_poems": len(rows), "config": cfg.to_dict(), "adapter": str(adapter),
         "pretrain": json.loads((nano.NANO_DIR / "pretrain_log.json").read_text(encoding="utf-8"))["final_val_loss"],
-        "figures": figures, "timings_s": timings,
+        "figures": figures, "verses_written": written,
+        "forms": forms(gt, load_train_rows(cfg.data_dir, cfg.num_train_data)), "timings_s": timings,
     })
     print(f"wrote {args.results}")
 

@@ -54,3 +54,24 @@ def test_simplified_characters_are_looked_up_in_traditional_form():
 @pytest.mark.parametrize("char, tones", [("東", {"平"}), ("燭", {"仄"}), ("看", {"平", "仄"})])
 def test_readings(char, tones):
     assert readings(char)[0] == frozenset(tones)
+
+
+def test_continuation_pingze_counts_only_the_predicted_verses():
+    from tangpoem.grade.prosody import continuation_pingze
+
+    assert continuation_pingze(COUPLET, REST) == (8, 8)  # 2 verses x 4 checked positions
+    assert continuation_pingze(COUPLET, ["何當共剪西窗燭", "卻話巴山夜雨晚"]) == (7, 8)
+    # A wrong-length verse is not the model's tone work: skipped, as pingze_fit skips it.
+    assert continuation_pingze(COUPLET, ["何當共剪西窗", "卻話巴山夜雨時"]) == (4, 4)
+    # Nothing predicted, nothing checked, whatever the couplet's own fit (pingze_score counts the couplet).
+    assert continuation_pingze(COUPLET, []) == (0, 0)
+    assert continuation_pingze(COUPLET, ["何當共剪西窗"]) == (0, 0)
+
+
+def test_continuation_pingze_uses_the_whole_poems_pattern():
+    from tangpoem.grade.prosody import continuation_pingze
+
+    verses = [*COUPLET, "卻話巴山夜雨晚", "何當共剪西窗燭"]  # verses 3 and 4 swapped
+    _, checked, fit, unknown, _ = pingze_fit(verses)
+    couplet_fit, couplet_known = 8, 8  # the couplet fits the pattern chosen for the whole poem
+    assert continuation_pingze(verses[:2], verses[2:]) == (fit - couplet_fit, checked - unknown - couplet_known)

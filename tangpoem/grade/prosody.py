@@ -151,6 +151,34 @@ def pingze_fit(verses: list[str]) -> tuple[str | None, int, int, int, int]:
     return best
 
 
+def continuation_pingze(couplet_verses: list[str], predicted_verses: list[str]) -> tuple[int, int]:
+    """(fit, known) at the checked positions of the predicted verses only, under the pattern
+    `pingze_fit` picks for the whole poem.
+
+    Why: `pingze_score` also counts the input couplet, a real Tang couplet the model did not write,
+    and skips verses of the wrong length, so a model whose verses are mostly the wrong length is
+    scored mostly on the couplet. Summed over poems, this counts what the model wrote, and the
+    number of known positions says how much of it there was to check."""
+    verses = [*couplet_verses, *predicted_verses]
+    name = pingze_fit(verses)[0]
+    length = len(verses[0]) if verses else 0
+    if name is None:
+        return 0, 0
+    key = next(k for k, label in PATTERN_NAMES.items() if name.endswith(label))
+    patterns = _PATTERNS[length][key]
+    fit = known = 0
+    for index, verse in enumerate(verses[len(couplet_verses):], start=len(couplet_verses)):
+        if len(verse) != length:
+            continue
+        pattern = _pattern_for_verse(patterns, index)
+        for position in CHECKED_POSITIONS[length]:
+            tones = readings(verse[position])[0]
+            if tones:
+                known += 1
+                fit += pattern[position] in tones
+    return fit, known
+
+
 def rhyme_fit(verses: list[str]) -> tuple[tuple[str, ...], int, int, int]:
     """(poem's rhyme groups, checked, rhyming, unknown) for even verses after verse 2."""
     if len(verses) < 2 or not verses[1]:
