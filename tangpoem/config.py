@@ -71,6 +71,7 @@ class Config:
     no_repeat_ngram_size: int = 3
     max_new_tokens: int = 128
     min_new_tokens: int = 0  # > 0 forbids EOS before this many new tokens (small models may stop at once)
+    stop_by_probability: bool = False  # stop when P(EOS) >= 0.5, not when EOS beats the likeliest single character
     static_cache: bool = False  # static KV cache; on a GPU transformers compiles the decode step with CUDA graphs
     results_dir: str | None = None  # default: <output_dir>
 

@@ -32,11 +32,35 @@ class DeviceNoRepeatNGram(LogitsProcessor):
         return scores.masked_fill(counts > 0, -float("inf"))
 
 
-def logits_processors(no_repeat_ngram_size: int, do_sample: bool, temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
-    """In transformers' own order: n-gram bans first, then temperature, top-k, top-p."""
+class StopByProbability(LogitsProcessor):
+    """Stop or go on, decided on P(EOS) against P(anything else), at temperature 1: rows where
+    P(EOS) >= threshold must stop, the others may not.
+
+    Why: near-greedy decoding (the homework's temperature 0.1, top_p 0.3) picks EOS whenever it beats
+    the single likeliest character, though "go on" is spread over thousands of characters: a model
+    whose P(stop) after two verses is 0.2 stops there every time. Everything else is sampled as before."""
+
+    def __init__(self, eos_token_id: int, threshold: float = 0.5) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.eos, self.threshold = eos_token_id, threshold
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        stop = scores.float().softmax(-1)[:, self.eos] >= self.threshold  # (B,)
+        out = scores.masked_fill(stop[:, None], -float("inf"))
+        out[:, self.eos] = torch.where(stop, torch.zeros_like(scores[:, self.eos]), torch.full_like(scores[:, self.eos], -float("inf")))
+        return out
+
+
+def logits_processors(no_repeat_ngram_size: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                      stop_eos_token_id: int | None = None) -> LogitsProcessorList:
+    """In transformers' own order: n-gram bans first, then temperature, top-k, top-p. With
+    `stop_eos_token_id`, the stop decision (StopByProbability) comes right after the bans."""
     processors = LogitsProcessorList()
     if no_repeat_ngram_size > 0:
         processors.append(DeviceNoRepeatNGram(no_repeat_ngram_size))
+    if stop_eos_token_id is not None:
+        processors.append(StopByProbability(stop_eos_token_id))
     if do_sample:
         if temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))

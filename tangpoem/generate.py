@@ -50,7 +50,8 @@ def fast_generation_config(cfg: Config, tokenizer: Any) -> tuple[Any, Any]:
     gen_config.temperature, gen_config.top_k, gen_config.top_p = 1.0, 0, 1.0
     if cfg.static_cache:  # on a GPU, transformers then compiles the decode step (CUDA graphs)
         gen_config.cache_implementation = "static"
-    return gen_config, logits_processors(cfg.no_repeat_ngram_size, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p)
+    stop_eos = tokenizer.eos_token_id if cfg.stop_by_probability else None
+    return gen_config, logits_processors(cfg.no_repeat_ngram_size, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p, stop_eos)
 
 
 def left_pad(prompts: Sequence[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:

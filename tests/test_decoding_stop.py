@@ -1,9 +1,11 @@
+"""The stop decision on P(EOS) against going on (decoding.StopByProbability)."""
+
 import math
 
 import pytest
 import torch
 
-from tangpoem.stop_decision import StopByProbability
+from tangpoem.decoding import StopByProbability
 
 EOS = 0
 
@@ -33,3 +35,16 @@ def test_a_likely_stop_is_taken_and_rows_decide_independently():
 def test_threshold_is_checked():
     with pytest.raises(ValueError):
         StopByProbability(EOS, threshold=0.0)
+
+
+def test_the_config_puts_the_stop_decision_right_after_the_ngram_bans(tiny_config):
+    from tangpoem import tiny
+    from tangpoem.generate import fast_generation_config
+    from tangpoem.model import fix_pad_token
+
+    tokenizer = fix_pad_token(tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES["tiny-mistral"]))
+    _, processors = fast_generation_config(tiny_config(stop_by_probability=True), tokenizer)
+    assert [type(p).__name__ for p in processors][:2] == ["DeviceNoRepeatNGram", "StopByProbability"]
+    assert processors[1].eos == tokenizer.eos_token_id
+    _, plain = fast_generation_config(tiny_config(), tokenizer)
+    assert "StopByProbability" not in [type(p).__name__ for p in plain]  # the homework's decoding by default
