@@ -79,16 +79,13 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
     model would re-quantize them). Needs ~2 bytes a parameter of GPU memory (~15 GB for Breeze)."""
     from peft.tuners.lora import LoraLayer
 
-    from tangpoem.model import dequantized_weight
-
-    def quantized(module: torch.nn.Module) -> bool:
-        return type(module).__name__ == "Linear4bit"
+    from tangpoem.model import dequantized_weight, is_linear4bit
 
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     replacements: list[tuple[str, torch.nn.Module]] = []
     for name, module in root.named_modules():
         lora = isinstance(module, LoraLayer)
-        if not (lora or quantized(module)) or any(name.startswith(done + ".") for done, _ in replacements):
+        if not (lora or is_linear4bit(module)) or any(name.startswith(done + ".") for done, _ in replacements):
             continue
         base = module.get_base_layer() if lora else module
         weight = dequantized_weight(base, dtype)

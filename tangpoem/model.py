@@ -108,10 +108,15 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
     return model
 
 
+def is_linear4bit(module: torch.nn.Module) -> bool:
+    """A bitsandbytes Linear4bit, told by name so that CPU-only installs need not import bitsandbytes."""
+    return type(module).__name__ == "Linear4bit"
+
+
 def dequantized_weight(linear: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """The dense weight of a Linear or a bitsandbytes Linear4bit: for NF4, exactly the values each
     4-bit matmul dequantizes to before multiplying."""
-    if type(linear).__name__ == "Linear4bit":
+    if is_linear4bit(linear):
         import bitsandbytes as bnb
 
         return bnb.functional.dequantize_4bit(linear.weight.data, linear.weight.quant_state).to(dtype)
@@ -124,7 +129,7 @@ def dequantize_4bit_layers(model: torch.nn.Module, dtype: torch.dtype) -> int:
 
     Same forward values as the 4-bit layers (which dequantize on every call), without the per-call
     dequantization: a big GPU trades ~2 bytes a parameter of memory for speed."""
-    replaced = [(name, module) for name, module in model.named_modules() if type(module).__name__ == "Linear4bit"]
+    replaced = [(name, module) for name, module in model.named_modules() if is_linear4bit(module)]
     for name, module in replaced:
         linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                                  device=module.weight.device, dtype=dtype)
@@ -200,9 +205,9 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str, trainable: bool = Fal
 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:
-    """torch.compile each decoder layer (regional compilation): the layers share one compiled graph, so
-    compiling costs one layer's time, and the norms, RoPE, SwiGLU and LoRA's small ops become a few
-    fused kernels. Sequence lengths vary from step to step, so the graph is compiled for dynamic shapes."""
+    """torch.compile each decoder layer (regional compilation): identical layers reuse the compiled code,
+    and the norms, RoPE, SwiGLU and LoRA's small ops become a few fused kernels. Sequence lengths vary
+    from step to step, so the layers are compiled for dynamic shapes."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
