@@ -1,14 +1,18 @@
-"""GPU speed and memory: the homework's recipe against tangpoem's, in one run on one GPU.
+"""GPU speed and memory: the homework's recipe, TRL's SFTTrainer and tangpoem's, in one run on one GPU.
 
-    python benchmarks/gpu_speed.py --data-dir DIR --commit SHA [--baseline-steps 65] [--baseline-prompts 15]
+    python benchmarks/gpu_speed.py --data-dir DIR --commit SHA [--baseline-steps 65] [--trl-steps 65]
+        [--baseline-prompts 15] [--t4-steps 65] [--stages train_homework,train_trl,...]
+    python benchmarks/gpu_speed.py --data-dir DIR --levers train,t4,generate   # each lever on and off
 
 A random-initialised checkpoint of Breeze-7B's exact shape (speed and memory do not depend on the
 weights' values; the hub is out of reach) is written to disk and loaded in NF4 through tangpoem.
 Tokens come from a stand-in tokenizer: BPE merges for the prompt's ASCII, one token per Chinese
-character (Breeze's own tokenizer is out of reach). Figures go to <results-dir>/<gpu>.json.
+character (Breeze's own tokenizer is out of reach). Figures go to <results-dir>/<gpu>[-suffix].json.
+TRL (and datasets) must be importable for the train_trl stage; without them that stage is recorded
+under "errors" and the others run.
 
-With --baseline-steps below 65 or --baseline-prompts below 15, the homework's recipe is timed on
-that many steps / prompts and its whole-epoch / 15-prompt figure is that time scaled up; the JSON
+With --baseline-steps / --trl-steps below 65 or --baseline-prompts below 15, those recipes are timed on
+that many steps / prompts and their whole-epoch / 15-prompt figure is that time scaled up; the JSON
 says so beside each figure.
 """
 
