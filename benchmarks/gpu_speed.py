@@ -41,23 +41,13 @@ BREEZE_SHAPE = dict(vocab_size=61952, hidden_size=4096, intermediate_size=14336,
 def stand_in_tokenizer(data_dir: str) -> Any:
     """ASCII words merged as a 7B tokenizer would; every Chinese character (and full-width mark) one token.
     Llama-style otherwise: ▁ word marks, BOS added, no pad token."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from tangpoem.prompt import INSTRUCTION, course_prompt
+    from tangpoem.tiny import build_tokenizer
 
     chars = sorted({ch for r in load_train_rows(data_dir) for ch in r.input + r.output}
                    | {ch for r in load_test_rows(data_dir) for ch in r.input} | set(course_prompt(INSTRUCTION, "")))
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("[\u3000-\u9fff\uff00-\uffef]"), behavior="isolated"),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
-    ])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=len(chars) + 300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
-    tok.train_from_iterator([course_prompt(INSTRUCTION, "")] * 200 + chars, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    texts = tuple([course_prompt(INSTRUCTION, "")] * 200 + chars)
+    return build_tokenizer(len(chars) + 300, texts=texts, cjk_alone=True)
 
 
 def build_checkpoint(path: Path, tokenizer: Any) -> int:
@@ -75,6 +65,17 @@ def build_checkpoint(path: Path, tokenizer: Any) -> int:
     del model
     torch.cuda.empty_cache()
     return params
+
+
+# The homework's Trainer hyperparameters, shared by recipes (a) and (c).
+HOMEWORK_ARGS = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, num_train_epochs=1, learning_rate=3e-4,
+                     warmup_steps=50, logging_steps=20, seed=42)
+
+
+def epoch_figure(steps: int, seconds: float, peak: float) -> dict[str, Any]:
+    """A training time on `steps` steps as a whole-epoch (65-step) figure, saying whether it was scaled."""
+    return {"steps_timed": steps, "seconds_timed": seconds, "peak_gb": peak, "seconds_per_step": seconds / steps,
+            "epoch_seconds": seconds / steps * 65, "epoch_seconds_is": "measured" if steps == 65 else f"scaled from {steps} steps"}
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -101,14 +102,11 @@ def homework_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: in
                 "labels": r.labels + [IGNORE_INDEX] * (256 - len(r.labels)),
                 "attention_mask": [1] * len(r.input_ids) + [0] * (256 - len(r.input_ids))} for r in rows]
     model = get_peft_model(prepare_model_for_kbit_training(base, use_gradient_checkpointing=True), lora_config(cfg))
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=4,
-                             num_train_epochs=1, max_steps=steps, learning_rate=3e-4, fp16=True, warmup_steps=50,
-                             logging_steps=20, save_strategy="no", report_to="none", seed=42,
-                             gradient_checkpointing=True, optim="adamw_torch", disable_tqdm=True)
+    args = TrainingArguments(output_dir=str(out), max_steps=steps, fp16=True, gradient_checkpointing=True, optim="adamw_torch",
+                             save_strategy="no", report_to="none", disable_tqdm=True, **HOMEWORK_ARGS)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     _, seconds, peak = timed(trainer.train)
-    figure = {"steps_timed": steps, "seconds_timed": seconds, "peak_gb": peak, "seconds_per_step": seconds / steps,
-              "epoch_seconds": seconds / steps * 65, "epoch_seconds_is": "measured" if steps == 65 else f"scaled from {steps} steps"}
+    figure = epoch_figure(steps, seconds, peak)
     model.unload()  # the LoRA layers go; the base stays for the next recipe
     return figure
 
@@ -125,15 +123,12 @@ def trl_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: int, ou
     rows = load_train_rows(cfg.data_dir, 1040)
     dataset = Dataset.from_list([{"prompt": course_prompt(r.instruction, r.input), "completion": r.output} for r in rows])
     # precision is TRL's default too (bf16 where the GPU has it): the model is bf16, as a careful user loads it
-    homework = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, num_train_epochs=1, learning_rate=3e-4,
-                    warmup_steps=50, logging_steps=20, seed=42)
     args = SFTConfig(output_dir=str(out), max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True,
-                     **{**homework, **overrides})
+                     **{**HOMEWORK_ARGS, **overrides})
     trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(cfg))
     _, seconds, peak = timed(trainer.train)
-    figure = {"steps_timed": steps, "seconds_timed": seconds, "peak_gb": peak, "seconds_per_step": seconds / steps,
-              "epoch_seconds": seconds / steps * 65, "epoch_seconds_is": "measured" if steps == 65 else f"scaled from {steps} steps",
-              "gradient_checkpointing": args.gradient_checkpointing, "trl_version": __import__("trl").__version__}
+    figure = {**epoch_figure(steps, seconds, peak), "gradient_checkpointing": args.gradient_checkpointing,
+              "trl_version": __import__("trl").__version__}
     trainer.model.unload()
     return figure
 
@@ -183,8 +178,10 @@ def tangpoem_training(cfg: Any, base: torch.nn.Module | None = None) -> tuple[di
 
     clock = StepClock()
     result, seconds, peak = timed(lambda: train(cfg, on_step_end=[clock], base_model=base))
+    epoch = {k: v for k, v in epoch_figure(len(result.history), result.seconds, peak).items() if k.startswith("epoch_")}
     figure = {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak, "steps": len(result.history),
-              "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **clock.figures(result.seconds)}
+              "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **epoch,
+              **clock.figures(result.seconds)}
     return figure, result
 
 
@@ -281,12 +278,12 @@ def main() -> None:
             "+ compiled layers": {**before, "compile": True},
             "+ dequantized base + compiled layers": {**before, "dequantize_base": True, "compile": True},
         }
-        t4_variants = {  # fp16 as on a T4, packed rows, answer logits only; 16 steps each (scaled)
-            "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True},
+        t4_variants = {  # breeze-colab-t4 (fp16 as on a T4, packed rows, answer logits only); 16 steps each (scaled)
+            "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
             "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
-            "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True},
+            "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
             "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
-            "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False},
+            "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False, "kbit_fp32_upcast": True},
         }
         for label, overrides in train_variants.items() if "train" in args.levers else ():
             cfg = load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
@@ -299,14 +296,13 @@ def main() -> None:
             figures["levers"][label] = stage(f"lever: {label}", lever)
             release()
         for label, overrides in t4_variants.items() if "t4" in args.levers else ():
-            cfg = load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "padding_free": True, "answer_logits_only": True,
-                                                  "max_steps": 16, "save_steps": 1000, **overrides,
+            cfg = load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16, "save_steps": 1000, **overrides,
                                                   "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
 
             def t4_lever(cfg=cfg) -> dict[str, Any]:
                 figure, result = tangpoem_training(cfg)
                 result.model = None
-                return {**figure, "epoch_seconds_scaled": figure["loop_seconds"] / figure["steps"] * 65}
+                return figure
 
             figures["levers"][label] = stage(f"lever: {label}", t4_lever)
             release()
@@ -333,8 +329,7 @@ def main() -> None:
     def t4_profile() -> dict[str, Any]:
         figure, result = tangpoem_training(t4, base)
         result.model.unload()
-        return {**figure, "epoch_seconds": figure["loop_seconds"] / figure["steps"] * 65,
-                "epoch_seconds_is": "measured" if figure["steps"] == 65 else f"scaled from {figure['steps']} steps"}
+        return figure
 
     figures["t4_profile"] = stage("t4_profile", t4_profile)
 

@@ -79,7 +79,7 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
     model would re-quantize them). Needs ~2 bytes a parameter of GPU memory (~15 GB for Breeze)."""
     from peft.tuners.lora import LoraLayer
 
-    from tangpoem.model import dequantized_weight, is_linear4bit
+    from tangpoem.model import dense_linear, dequantized_weight, is_linear4bit, replace_module
 
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     replacements: list[tuple[str, torch.nn.Module]] = []
@@ -93,15 +93,9 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
                     weight += module.get_delta_weight(adapter).to(dtype)
-        linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                                 device=weight.device, dtype=dtype)
-        linear.weight.copy_(weight)
-        if base.bias is not None:
-            linear.bias.copy_(base.bias.to(dtype))
-        replacements.append((name, linear))
+        replacements.append((name, dense_linear(base, weight)))
     for name, linear in replacements:
-        parent_name, _, child = name.rpartition(".")
-        setattr(root.get_submodule(parent_name) if parent_name else root, child, linear)
+        replace_module(root, name, linear)
     for param in root.parameters():  # norms and embeddings that k-bit preparation cast to fp32
         param.data = param.data.to(dtype)
         param.requires_grad_(False)

@@ -123,6 +123,22 @@ def dequantized_weight(linear: torch.nn.Module, dtype: torch.dtype) -> torch.Ten
     return linear.weight.detach().to(dtype, copy=True)  # a copy: callers add LoRA deltas to it
 
 
+def dense_linear(base: torch.nn.Module, weight: torch.Tensor) -> torch.nn.Linear:
+    """A frozen nn.Linear of `base`'s shape holding `weight` (and `base`'s bias, in weight's dtype)."""
+    linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                             device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if base.bias is not None:
+            linear.bias.copy_(base.bias.to(weight.dtype))
+    return linear.requires_grad_(False)
+
+
+def replace_module(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
 @torch.no_grad()
 def dequantize_4bit_layers(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Replace every Linear4bit with a frozen Linear holding its dequantized weight; returns how many.
@@ -131,14 +147,7 @@ def dequantize_4bit_layers(model: torch.nn.Module, dtype: torch.dtype) -> int:
     dequantization: a big GPU trades ~2 bytes a parameter of memory for speed."""
     replaced = [(name, module) for name, module in model.named_modules() if is_linear4bit(module)]
     for name, module in replaced:
-        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                 device=module.weight.device, dtype=dtype)
-        linear.weight.copy_(dequantized_weight(module, dtype))
-        if module.bias is not None:
-            linear.bias.copy_(module.bias.to(dtype))
-        linear.requires_grad_(False)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        replace_module(model, name, dense_linear(module, dequantized_weight(module, dtype)))
     return len(replaced)
 
 

@@ -12,7 +12,7 @@ import functools
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
 from tangpoem.prompt import INSTRUCTION, course_prompt
@@ -42,13 +42,20 @@ def _course_texts(data_dir: str | None = None) -> list[str]:
     return texts
 
 
+# Chinese characters and full-width marks: with `cjk_alone`, each is a token of its own.
+CJK = Regex("[\u3000-\u9fff\uff00-\uffef]")
+
+
 @functools.lru_cache(maxsize=None)
 def build_tokenizer(
-    vocab_size: int = 6000, texts: tuple[str, ...] | None = None, data_dir: str | None = None
+    vocab_size: int = 6000, texts: tuple[str, ...] | None = None, data_dir: str | None = None, cjk_alone: bool = False
 ) -> PreTrainedTokenizerFast:
-    """A Llama-style BPE tokenizer trained on the course text in `data_dir` (or on `texts`)."""
+    """A Llama-style BPE tokenizer trained on the course text in `data_dir` (or on `texts`).
+    `cjk_alone` keeps every Chinese character one token (the GPU benchmark's stand-in for Breeze's)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(CJK, behavior="isolated"), metaspace])
+                         if cjk_alone else metaspace)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tok.train_from_iterator(list(texts) if texts else _course_texts(data_dir), trainer=trainer)

@@ -139,25 +139,25 @@ def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
         assert torch.allclose(single[name], ddp[name], atol=1e-5), name
 
 
-def test_padding_free_training_matches_padded_training(tiny_config):
-    common = {**SMALL, "max_steps": 4, "lora_dropout": 0.0}
-    padded = train(tiny_config(**common, output_dir=str(Path(tiny_config().output_dir) / "padded")))
-    packed = train(tiny_config(**common, padding_free=True, output_dir=str(Path(tiny_config().output_dir) / "packed")))
-    assert [round(h["loss"], 4) for h in packed.history] == [round(h["loss"], 4) for h in padded.history]
-    a, b = _adapter(padded.output_dir), _adapter(packed.output_dir)
+def _assert_same_training(tiny_config, common: dict, variant: dict, digits: int = 4, atol: float = 1e-5):
+    """Train with `common`, then with `common` + `variant`: same losses (to `digits`) and adapters (to `atol`)."""
+    root = Path(tiny_config().output_dir)
+    plain = train(tiny_config(**common, output_dir=str(root / "plain")))
+    changed = train(tiny_config(**common, **variant, output_dir=str(root / "variant")))
+    assert [round(h["loss"], digits) for h in changed.history] == [round(h["loss"], digits) for h in plain.history]
+    a, b = _adapter(plain.output_dir), _adapter(changed.output_dir)
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+        assert torch.allclose(a[name], b[name], atol=atol), name
+    return changed
+
+
+def test_padding_free_training_matches_padded_training(tiny_config):
+    _assert_same_training(tiny_config, {**SMALL, "max_steps": 4, "lora_dropout": 0.0}, {"padding_free": True})
 
 
 def test_answer_logits_only_gives_the_same_training(tiny_config):
     common = {**SMALL, "max_steps": 3, "lora_dropout": 0.0, "padding_free": True}
-    root = Path(tiny_config().output_dir)
-    full = train(tiny_config(**common, output_dir=str(root / "full")))
-    kept = train(tiny_config(**common, answer_logits_only=True, output_dir=str(root / "kept")))
-    assert [round(h["loss"], 4) for h in kept.history] == [round(h["loss"], 4) for h in full.history]
-    a, b = _adapter(full.output_dir), _adapter(kept.output_dir)
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    _assert_same_training(tiny_config, common, {"answer_logits_only": True})
     with pytest.raises(InputError, match="needs padding_free=true"):
         tiny_config(answer_logits_only=True)
 
@@ -166,12 +166,6 @@ def test_compiled_decoder_layers_give_the_same_training(tiny_config):
     """compile=true (torch.compile of each decoder layer, dynamic shapes) trains the same model, with
     packed batches whose length changes every step."""
     common = {**SMALL, "max_steps": 3, "lora_dropout": 0.0, "padding_free": True}
-    root = Path(tiny_config().output_dir)
-    eager = train(tiny_config(**common, output_dir=str(root / "eager")))
-    compiled = train(tiny_config(**common, compile=True, output_dir=str(root / "compiled")))
-    assert [round(h["loss"], 3) for h in compiled.history] == [round(h["loss"], 3) for h in eager.history]
-    a, b = _adapter(eager.output_dir), _adapter(compiled.output_dir)
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-4), name
+    compiled = _assert_same_training(tiny_config, common, {"compile": True}, digits=3, atol=1e-4)
     layers = compiled.model.get_base_model().model.layers
     assert all(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
