@@ -63,15 +63,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from tangpoem.train import checkpoint_step, list_checkpoints
+    from tangpoem.train import checkpoint_step, list_checkpoints, picked_index
 
     cfg = config_from_args(args)
     checkpoints = list_checkpoints(cfg.output_dir)
     if not checkpoints:
         print(f"{cfg.output_dir}: no checkpoints")
         return 0
+    picked = picked_index(len(checkpoints), cfg.checkpoint_index)
     for index, path in enumerate(checkpoints):
-        mark = "  <- checkpoint_index" if index == cfg.checkpoint_index % len(checkpoints) else ""
+        mark = "  <- checkpoint_index" if index == picked else ""
         print(f"[{index:2d}] [{index - len(checkpoints):3d}]  step {checkpoint_step(path):5d}  {path}{mark}")
     return 0
 

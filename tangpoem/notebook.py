@@ -275,10 +275,10 @@ def rows_table(rows: Sequence[Any], limit: int = 3) -> Table:
 
 def checkpoints_table(cfg: Config) -> Table:
     """The checkpoints in output_dir, with the one `checkpoint_index` picks."""
-    from tangpoem.train import checkpoint_step, list_checkpoints
+    from tangpoem.train import checkpoint_step, list_checkpoints, picked_index
 
     found = list_checkpoints(cfg.output_dir)
-    picked = cfg.checkpoint_index % len(found) if found else None
+    picked = picked_index(len(found), cfg.checkpoint_index)
     return Table(["index", "from the end", "step", "path", "picked"],
                  [[i, i - len(found), checkpoint_step(p), str(p), "←" if i == picked else ""]
                   for i, p in enumerate(found)])

@@ -60,14 +60,20 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def picked_index(count: int, index: int) -> int | None:
+    """Which of `count` checkpoints `checkpoint_index` = `index` picks (Python indexing), or None if none."""
+    return index % count if -count <= index < count else None
+
+
 def pick_checkpoint(output_dir: str | os.PathLike, index: int = -1) -> Path:
     """The homework's pick-by-index over the checkpoint list (-1 = the last one)."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
         raise InputError(f"{output_dir}: no checkpoints (run `tangpoem train` first)")
-    if not -len(checkpoints) <= index < len(checkpoints):
+    picked = picked_index(len(checkpoints), index)
+    if picked is None:
         raise InputError(f"config key 'checkpoint_index' = {index}: {output_dir} has {len(checkpoints)} checkpoints")
-    return checkpoints[index]
+    return checkpoints[picked]
 
 
 def checkpoint_step(path: Path) -> int:

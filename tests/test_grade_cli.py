@@ -146,3 +146,12 @@ def test_report_json_and_html_of_grade_paths():
     report = grade_paths([FIXTURES / "perfect.txt"], GT, TEST)
     assert report_json(report)["summary"]["mean"]["char_f1"] == 1.0
     assert "<table class=\"sortable\"" in render_html(report)
+
+
+def test_summary_rows_line_up_under_the_header(capsys):
+    assert grade(FIXTURES / "perfect.txt", FIXTURES / "results.json") == 0
+    summary = capsys.readouterr().out.split("== summary\n")[1].splitlines()
+    header, rows = summary[0], [line for line in summary[1:-1] if " graded " in line or line.startswith("class mean")]
+    assert any(line.startswith("class mean") for line in rows)
+    for line in rows:  # every score column ends where its header ends
+        assert len(line) == len(header), (line, header)

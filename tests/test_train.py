@@ -39,6 +39,12 @@ def test_pick_checkpoint_by_index(tiny_config):
     assert pick_checkpoint(cfg.output_dir, 0).name == "checkpoint-4"
     with pytest.raises(InputError, match="has 3 checkpoints"):
         pick_checkpoint(cfg.output_dir, 5)
+    # the listings mark what pick_checkpoint picks, and nothing where it refuses
+    from tangpoem.notebook import checkpoints_table
+
+    picked = {index: [row[0] for row in checkpoints_table(tiny_config(**SMALL, checkpoint_index=index)).rows if row[-1]]
+              for index in (-1, 0, -3, 5, -4)}
+    assert picked == {-1: [2], 0: [0], -3: [0], 5: [], -4: []}
     with pytest.raises(InputError, match="no checkpoints"):
         pick_checkpoint(Path(cfg.output_dir) / "nothing", -1)
 

@@ -62,7 +62,8 @@ def format_file_table(result: FileResult) -> str:
 def format_summary(report: ClassReport) -> str:
     """One row per file with its mean scores, then the class mean and counts."""
     width = max([len("file"), *(len(f.path) for f in report.files)])
-    lines = [f"{'file':<{width}}  status  missing  repairs " + " ".join(f"{name:>7}" for name, _ in _MEAN_COLUMNS)]
+    counts = "  status  missing  repairs "  # the columns between the file name and the scores
+    lines = [f"{'file':<{width}}{counts}" + " ".join(f"{name:>7}" for name, _ in _MEAN_COLUMNS)]
     for result in report.files:
         if result.status == "error":
             lines.append(f"{result.path:<{width}}  error   {result.error}")
@@ -71,7 +72,7 @@ def format_summary(report: ClassReport) -> str:
         lines.append(f"{result.path:<{width}}  graded  {result.missing:>7}  {result.repair_count:>7} {cells}")
     mean = report.mean
     cells = " ".join(f"{_fmt(mean[key]):>7}" for _, key in _MEAN_COLUMNS)
-    lines.append(f"{'class mean':<{width}}                          {cells}")
+    lines.append(f"{'class mean':<{width}}{' ' * len(counts)}{cells}")
     lines.append(f"{len(report.files)} files: {len(report.graded)} graded, {len(report.errors)} could not be graded")
     return "\n".join(lines)
 
