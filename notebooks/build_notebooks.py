@@ -23,10 +23,12 @@ def header(name: str, title: str, intro: str) -> list[tuple[str, str]]:
 PARAMS_MD = ("md", """## 參數 Parameters
 
 這一格是 papermill 的 `parameters` 格：所有可調的旋鈕都在這裡，預設值就是作業的設定（Breeze-7B）。
-`config_file` 是起點（`None` = 作業預設；也可以是 `configs/` 裡的名字，例如 `"nano-cpu"`），下面的旋鈕再蓋過它。
+`config_file` 是起點（`None` = 作業預設；也可以是 `configs/` 裡的名字，例如 `"nano-cpu"`），你改過的旋鈕再蓋過它
+（還是預設值的旋鈕沿用設定檔的值）。
 
 Every knob lives in this cell (tagged `parameters`); defaults are the homework's. `config_file` gives the
-starting values and the knobs below override it. `tangpoem notebooks run` sets all of them for you.""")
+starting values; a knob you change overrides it (one left at its default keeps the file's value).
+`tangpoem notebooks run` sets all of them for you.""")
 
 INSTALL_MD = ("md", """## 安裝 Install (Colab)
 
@@ -436,9 +438,8 @@ The checkpoints 05 saved (LoRA weights only, a few MB). `checkpoint_index` picks
     ("code", "notebook.checkpoints_table(cfg)"),
     ("md", "## 載入原模型 + 選到的 adapter  Base model plus the chosen adapter"),
     ("code", """from tangpoem.generate import load_for_generation
-from tangpoem.train import pick_checkpoint
 
-model, tokenizer, adapter = load_for_generation(cfg, pick_checkpoint(cfg.output_dir, cfg.checkpoint_index))
+model, tokenizer, adapter = load_for_generation(cfg)  # the adapter `checkpoint_index` picks
 print(f"adapter: {adapter}")"""),
     ("md", """## 15 首測試詩 → results.txt
 

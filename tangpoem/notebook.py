@@ -30,8 +30,12 @@ DRIVE_ROOT = "/content/drive/MyDrive/tangpoem"
 # ----------------------------------------------------------------------------- parameters and environment
 
 def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any]) -> Config:
-    """The notebook's Config: the config file (None = the homework's defaults), then the notebook's knobs."""
-    return load_config(config_file, dict(knobs))
+    """The notebook's Config: the config file (None = the homework's defaults), then the knobs a user
+    changed. A knob still at its default (the parameters cell shows the defaults) leaves the file's
+    value, so `config_file = "nano-cpu"` alone gives nano, not Breeze with nano's other settings."""
+    defaults = Config().to_dict()
+    changed = {k: v for k, v in knobs.items() if config_file is None or k not in defaults or v != defaults[k]}
+    return load_config(config_file, changed)
 
 
 def in_colab() -> bool:

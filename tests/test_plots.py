@@ -7,6 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tangpoem import notebook, plots
+from tangpoem.config import Config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -67,6 +68,10 @@ def test_config_from_parameters_knobs_override_the_file():
     cfg = notebook.config_from_parameters("nano-cpu", {"learning_rate": 1e-4, "output_dir": "x"})
     assert cfg.model_name_or_path == "tangpoem-nano" and cfg.learning_rate == 1e-4 and cfg.output_dir == "x"
     assert notebook.config_from_parameters(None, {}).model_name_or_path.startswith("MediaTek-Research/Breeze")
+    # the parameters cell as shipped (every knob at its default) with only config_file set: the file wins
+    shipped = {k: getattr(Config(), k) for k in ("model_name_or_path", "load_in_4bit", "learning_rate", "output_dir")}
+    cfg = notebook.config_from_parameters("nano-cpu", shipped)
+    assert (cfg.model_name_or_path, cfg.load_in_4bit, cfg.learning_rate, cfg.output_dir) == ("tangpoem-nano", False, 3e-3, "outputs/nano")
 
 
 def test_on_drive_is_a_no_op_outside_colab():
