@@ -119,19 +119,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(data_dir: str | os.PathLike | None = None, base_url: str = SOURCE_URL, timeout: float = 60) -> list[Path]:
+def fetch(data_dir: str | os.PathLike | None = None, base_url: str = SOURCE_URL, timeout: float = 60,
+          keep_existing: bool = False) -> list[Path]:
     """Download the three course files from the pinned commit and verify their SHA-256.
 
     Each file is downloaded to a temp file beside its target and renamed only once its checksum
     matches, so a failed or corrupted download never leaves a partial file where it would be read.
-    Files already present with the right checksum are kept.
+    Files already present with the right checksum are kept; with `keep_existing`, every file already
+    present is kept (only missing ones are downloaded; `check` reports a broken one).
     """
     target = resolve_data_dir(data_dir)
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for name, expected in SHA256.items():
         path = target / name
-        if path.is_file() and sha256_of(path) == expected:
+        if path.is_file() and (keep_existing or sha256_of(path) == expected):
             written.append(path)
             continue
         url = f"{base_url}/{name}"

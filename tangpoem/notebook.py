@@ -76,9 +76,7 @@ def prepare_data(data_dir: str | None) -> str:
     """Use the course files where they are, or download them (pinned commit, SHA-256 checked)."""
     from tangpoem import data
 
-    folder = data.resolve_data_dir(data_dir)
-    if not all((folder / name).is_file() for name in data.SHA256):  # never overwrite files that are there
-        data.fetch(data_dir)
+    data.fetch(data_dir, keep_existing=True)  # only what is missing: never overwrite files that are there
     counts = data.check(data_dir)
     return (f"{data.resolve_data_dir(data_dir)}: {counts['train']} training rows, "
             f"{counts['test']} test rows, {counts['gt']} ground-truth lines")

@@ -103,6 +103,19 @@ def test_fetch_verifies_checksums(course_dir, tmp_path, http_server):
     assert sorted(p.name for p in target.iterdir()) == sorted(data.SHA256)  # no temp files left
 
 
+def test_fetch_keep_existing_downloads_only_what_is_missing(course_dir, tmp_path, http_server):
+    """The notebooks' way: a file that is there is never replaced, even one whose checksum differs."""
+    target = _copy_course(course_dir, tmp_path / "local")
+    (target / data.GT_FILE).unlink()
+    edited = (target / data.TEST_FILE).read_text(encoding="utf-8") + "\n"
+    (target / data.TEST_FILE).write_text(edited, encoding="utf-8")
+    data.fetch(target, base_url=http_server(course_dir), keep_existing=True)
+    assert (target / data.GT_FILE).read_bytes() == (course_dir / data.GT_FILE).read_bytes()
+    assert (target / data.TEST_FILE).read_text(encoding="utf-8") == edited
+    data.fetch(target, base_url=http_server(course_dir))  # without it, the edited file is replaced
+    assert (target / data.TEST_FILE).read_bytes() == (course_dir / data.TEST_FILE).read_bytes()
+
+
 def test_fetch_refuses_a_corrupted_file_and_leaves_nothing(course_dir, tmp_path, http_server):
     served = _copy_course(course_dir, tmp_path / "served")
     with open(served / data.TRAIN_FILE, "r+b") as f:  # one byte changed
