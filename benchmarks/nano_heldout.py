@@ -59,6 +59,26 @@ def score(rows, gt, predictions) -> dict[str, float]:
     }
 
 
+def references(rows, gt, course_rows, first: int) -> dict:
+    """What the measures give without a model: the true continuations, a continuation taken from another
+    held-out poem of the same form (the chance level of char F1), and the tone of the course rows'
+    own continuations, the first `first` rows (those fine-tuned on) against the rest."""
+    truth = [r.output for r in rows]
+    forms_ = [poem_form(r.input + r.output) for r in rows]
+    other = []
+    for i, form in enumerate(forms_):  # the next held-out poem of the same form, cyclically
+        j = next(j % len(rows) for j in range(i + 1, i + len(rows) + 1) if forms_[j % len(rows)] == form)
+        other.append(truth[j])
+
+    def course_tone(part: list) -> float:
+        part_gt = ["\t".join(split_verses(r.output)) for r in part]
+        return score(part, part_gt, [r.output for r in part])["continuation_pingze"]
+
+    return {"true_continuation": score(rows, gt, truth), "another_poem_same_form": score(rows, gt, other),
+            f"course_rows_0_{first - 1}_continuation_pingze": course_tone(course_rows[:first]),
+            f"course_rows_{first}_{len(course_rows) - 1}_continuation_pingze": course_tone(course_rows[first:])}
+
+
 def forms(gt: list[str], train_rows: list) -> dict:
     """The held-out and fine-tuning forms, and the strict-form ceiling of a couplet-only predictor."""
     heldout = [(length, count + 2) for length, count in map(poem_form, gt)]  # + the input couplet
@@ -126,7 +146,8 @@ def main() -> None:
         "heldout_poems": len(rows), "config": cfg.to_dict(), "adapter": str(adapter),
         "pretrain": json.loads((nano.NANO_DIR / "pretrain_log.json").read_text(encoding="utf-8"))["final_val_loss"],
         "figures": figures, "verses_written": written,
-        "forms": forms(gt, load_train_rows(cfg.data_dir, cfg.num_train_data)), "timings_s": timings,
+        "forms": forms(gt, load_train_rows(cfg.data_dir, cfg.num_train_data)),
+        "references": references(rows, gt, load_train_rows(cfg.data_dir), cfg.num_train_data), "timings_s": timings,
     })
     print(f"wrote {args.results}")
 

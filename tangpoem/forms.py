@@ -7,18 +7,17 @@ below 1: the share a rule from verse length to verse count gets right.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-Form = tuple[int, int]  # (characters per verse, verses in the whole poem)
+from tangpoem.grade.normalize import split_verses
 
-VERSE_SPLIT = re.compile(r"[，。！？；、\t]")
+Form = tuple[int, int]  # (characters per verse, verses in the whole poem)
 
 
 def poem_form(text: str) -> Form:
-    """(length of the first verse, number of verses) of a poem, verses split on punctuation or TABs."""
-    verses = [v for v in VERSE_SPLIT.split(text) if v]
+    """(length of the first verse, number of verses) of a poem, its verses split as the grader splits them."""
+    verses = split_verses(text)
     return (len(verses[0]) if verses else 0, len(verses))
 
 

@@ -125,30 +125,43 @@ def _pattern_for_verse(patterns: list[str], index: int) -> str:
     return patterns[index] if index < len(patterns) else patterns[4 + (index - len(patterns)) % 4]
 
 
-def pingze_fit(verses: list[str]) -> tuple[str | None, int, int, int, int]:
-    """(pattern name, checked, fit, unknown, skipped verses) for the best-fitting standard pattern."""
+def _pingze_counts(verses: list[str], patterns: list[str], length: int, start: int = 0) -> tuple[int, int, int, int]:
+    """(checked, fit, unknown, skipped verses) of verses[start:] against one pattern (indices count from 0)."""
+    checked = fit = unknown = skipped = 0
+    for index, verse in enumerate(verses[start:], start=start):
+        if len(verse) != length:
+            skipped += 1
+            continue
+        pattern = _pattern_for_verse(patterns, index)
+        for position in CHECKED_POSITIONS[length]:
+            checked += 1
+            tones = readings(verse[position])[0]
+            if not tones:
+                unknown += 1
+            elif pattern[position] in tones:
+                fit += 1
+    return checked, fit, unknown, skipped
+
+
+def _best_pattern(verses: list[str]) -> tuple[str | None, tuple[int, int, int, int]]:
+    """(key of the best-fitting standard pattern, its counts); (None, ...) for a verse length without patterns."""
     length = len(verses[0]) if verses else 0
     if length not in CHECKED_POSITIONS:
-        return None, 0, 0, 0, len(verses)
-    positions = CHECKED_POSITIONS[length]
-    best: tuple[str | None, int, int, int, int] = (None, 0, 0, 0, 0)
+        return None, (0, 0, 0, len(verses))
+    best: tuple[str | None, tuple[int, int, int, int]] = (None, (0, 0, 0, 0))
     for number, (key, patterns) in enumerate(_PATTERNS[length].items()):
-        checked = fit = unknown = skipped = 0
-        for index, verse in enumerate(verses):
-            if len(verse) != length:
-                skipped += 1
-                continue
-            pattern = _pattern_for_verse(patterns, index)
-            for position in positions:
-                checked += 1
-                tones = readings(verse[position])[0]
-                if not tones:
-                    unknown += 1
-                elif pattern[position] in tones:
-                    fit += 1
-        if number == 0 or fit > best[2]:
-            best = (f"{'五' if length == 5 else '七'}言 {PATTERN_NAMES[key]}", checked, fit, unknown, skipped)
+        counts = _pingze_counts(verses, patterns, length)
+        if number == 0 or counts[1] > best[1][1]:
+            best = (key, counts)
     return best
+
+
+def pingze_fit(verses: list[str]) -> tuple[str | None, int, int, int, int]:
+    """(pattern name, checked, fit, unknown, skipped verses) for the best-fitting standard pattern."""
+    key, (checked, fit, unknown, skipped) = _best_pattern(verses)
+    if key is None:
+        return None, checked, fit, unknown, skipped
+    return f"{'五' if len(verses[0]) == 5 else '七'}言 {PATTERN_NAMES[key]}", checked, fit, unknown, skipped
 
 
 def continuation_pingze(couplet_verses: list[str], predicted_verses: list[str]) -> tuple[int, int]:
@@ -160,23 +173,12 @@ def continuation_pingze(couplet_verses: list[str], predicted_verses: list[str]) 
     scored mostly on the couplet. Summed over poems, this counts what the model wrote, and the
     number of known positions says how much of it there was to check."""
     verses = [*couplet_verses, *predicted_verses]
-    name = pingze_fit(verses)[0]
-    length = len(verses[0]) if verses else 0
-    if name is None:
+    key, _ = _best_pattern(verses)
+    if key is None:
         return 0, 0
-    key = next(k for k, label in PATTERN_NAMES.items() if name.endswith(label))
-    patterns = _PATTERNS[length][key]
-    fit = known = 0
-    for index, verse in enumerate(verses[len(couplet_verses):], start=len(couplet_verses)):
-        if len(verse) != length:
-            continue
-        pattern = _pattern_for_verse(patterns, index)
-        for position in CHECKED_POSITIONS[length]:
-            tones = readings(verse[position])[0]
-            if tones:
-                known += 1
-                fit += pattern[position] in tones
-    return fit, known
+    length = len(verses[0])
+    checked, fit, unknown, _ = _pingze_counts(verses, _PATTERNS[length][key], length, start=len(couplet_verses))
+    return fit, checked - unknown
 
 
 def rhyme_fit(verses: list[str]) -> tuple[tuple[str, ...], int, int, int]:
