@@ -317,11 +317,10 @@ def grade_results(cfg: Config) -> Any:
     return result
 
 
-SCORE_COLUMNS = (("charF1", lambda p: p.normalized.char_f1), ("chrF", lambda p: p.normalized.chrf),
-                 ("BLEU", lambda p: p.normalized.bleu), ("editSim", lambda p: p.normalized.edit_similarity),
-                 ("verses ok", lambda p: p.form.verse_count_ok), ("lengths ok", lambda p: p.form.lengths_ok),
-                 ("pingze", lambda p: p.prosody.pingze_score), ("rhyme", lambda p: p.prosody.rhyme_score))
-MEAN_KEYS = ("char_f1", "chrf", "bleu", "edit_similarity", "verse_count_ok", "lengths_ok", "pingze_score", "rhyme_score")
+# (header, key of the grader's MEAN_FIELDS): the same keys give each poem's score and the mean.
+SCORE_COLUMNS = (("charF1", "char_f1"), ("chrF", "chrf"), ("BLEU", "bleu"), ("editSim", "edit_similarity"),
+                 ("verses ok", "verse_count_ok"), ("lengths ok", "lengths_ok"), ("pingze", "pingze_score"),
+                 ("rhyme", "rhyme_score"))
 
 
 def grades_table(result: Any) -> Table:
@@ -329,9 +328,11 @@ def grades_table(result: Any) -> Table:
     def fmt(value: Any) -> Any:
         return "-" if value is None else float(value)
 
+    from tangpoem.grade.grading import poem_scores
+
     rows = [[p.index, p.input, p.prediction[:24] + ("…" if len(p.prediction) > 24 else ""),
-             *(fmt(get(p)) for _, get in SCORE_COLUMNS)] for p in result.poems]
-    rows.append(["mean", "", "", *(fmt(result.mean[k]) for k in MEAN_KEYS)])
+             *(fmt(poem_scores(p)[k]) for _, k in SCORE_COLUMNS)] for p in result.poems]
+    rows.append(["mean", "", "", *(fmt(result.mean[k]) for _, k in SCORE_COLUMNS)])
     return Table(["#", "couplet 上聯", "prediction 預測", *(name for name, _ in SCORE_COLUMNS)], rows)
 
 

@@ -92,7 +92,8 @@ def mean_scores(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
     return means
 
 
-def _poem_means(poem: PoemResult) -> dict[str, float | None]:
+def poem_scores(poem: PoemResult) -> dict[str, float | None]:
+    """One poem's scores under the keys of MEAN_FIELDS (normalised content scores, raw_* the raw ones)."""
     row: dict[str, float | None] = {}
     for name in CONTENT_FIELDS:
         row[name] = getattr(poem.normalized, name)
@@ -138,7 +139,7 @@ def grade_poem(test: TestPoem, answer: ParsedPoem | None) -> PoemResult:
 def grade_submission(submission: Submission, tests: list[TestPoem]) -> FileResult:
     poems = [grade_poem(test, submission.poems.get(test.index)) for test in tests]
     result = FileResult(submission.path, "graded", notes=list(submission.notes), poems=poems)
-    result.mean = mean_scores([_poem_means(p) for p in poems])
+    result.mean = mean_scores([poem_scores(p) for p in poems])
     return result
 
 
@@ -165,9 +166,7 @@ def grade_predictions(predictions: list[str], gt_lines: list[str], test_rows: li
     poems: dict[int, ParsedPoem] = {}
     for test, text in zip(tests, predictions):
         notes: list[str] = []
-        matched, continuation = clean_answer(str(text), couplets, notes)
-        if matched is None:
-            notes.remove("input couplet missing at the start of the answer")  # the usual in-memory form
+        _, continuation = clean_answer(str(text), couplets, notes, couplet_expected=False)  # the usual in-memory form
         poems[test.index] = ParsedPoem(test.index, continuation, f"prediction {test.index}", notes)
     return grade_submission(Submission(name, poems), tests)
 

@@ -174,11 +174,13 @@ def _strip_fragments(text: str, couplets: _CoupletIndex, notes: list[str]) -> st
     return text
 
 
-def _cut_couplet(text: str, couplets: _CoupletIndex, notes: list[str]) -> tuple[int | None, str]:
-    """Remove the leading input couplet (and repeats of it). Returns (poem index or None, rest)."""
+def _cut_couplet(text: str, couplets: _CoupletIndex, notes: list[str], couplet_expected: bool = True) -> tuple[int | None, str]:
+    """Remove the leading input couplet (and repeats of it). Returns (poem index or None, rest).
+    Where the couplet is expected (results.txt lines), its absence is noted as a repair."""
     match = couplets.match_prefix(text)
     if match is None:
-        notes.append("input couplet missing at the start of the answer")
+        if couplet_expected:
+            notes.append("input couplet missing at the start of the answer")
         return None, _LEADING_JUNK_RE.sub("", text).strip()
     index, end = match
     rest = _LEADING_JUNK_RE.sub("", text[end:])
@@ -191,10 +193,10 @@ def _cut_couplet(text: str, couplets: _CoupletIndex, notes: list[str]) -> tuple[
     return index, rest.strip()
 
 
-def clean_answer(text: str, couplets: _CoupletIndex, notes: list[str]) -> tuple[int | None, str]:
+def clean_answer(text: str, couplets: _CoupletIndex, notes: list[str], couplet_expected: bool = True) -> tuple[int | None, str]:
     """Fragments and instruction removed, input couplet cut off: (matched poem or None, continuation)."""
     text = _strip_fragments(text, couplets, notes)
-    return _cut_couplet(text.strip(), couplets, notes)
+    return _cut_couplet(text.strip(), couplets, notes, couplet_expected)
 
 
 # ---------------------------------------------------------------- submissions (lenient)
@@ -319,11 +321,9 @@ def parse_results_json(text: str, name: str, poems: list[TestPoem]) -> Submissio
         if isinstance(record.get("input"), str):
             found = couplets.match_prefix(record["input"])
             by_input = found[0] if found else None
-        matched, prediction = clean_answer(record[key], couplets, record_notes)
-        if matched is None:
-            # An answer without the couplet is the normal JSON form; don't call it a repair.
-            record_notes.remove("input couplet missing at the start of the answer")
-        elif by_input is not None and matched != by_input:
+        # An answer without the couplet is the normal JSON form; not a repair.
+        matched, prediction = clean_answer(record[key], couplets, record_notes, couplet_expected=False)
+        if matched is not None and by_input is not None and matched != by_input:
             record_notes.append(f"prediction starts with the couplet of poem {matched}, input is poem {by_input}")
         answers.append(_Answer(f"record {number}", len(answers) + 1, None, by_input or matched, prediction,
                                record_notes))

@@ -9,23 +9,11 @@ from typing import Any
 
 import jinja2
 
-from tangpoem.grade.grading import MEAN_FIELDS, ClassReport, FileResult, PoemResult
+from tangpoem.grade.grading import MEAN_FIELDS, ClassReport, FileResult, PoemResult, poem_scores
 
 SCHEMA_VERSION = 1
 
-# Columns of the per-poem text table: (header, getter) on normalised scores.
-_POEM_COLUMNS = (
-    ("exact", lambda p: p.normalized.verse_exact),
-    ("charF1", lambda p: p.normalized.char_f1),
-    ("align", lambda p: p.normalized.char_accuracy),
-    ("editSim", lambda p: p.normalized.edit_similarity),
-    ("chrF", lambda p: p.normalized.chrf),
-    ("BLEU", lambda p: p.normalized.bleu),
-    ("count", lambda p: p.form.verse_count_ok),
-    ("length", lambda p: p.form.lengths_ok),
-    ("pingze", lambda p: p.prosody.pingze_score),
-    ("rhyme", lambda p: p.prosody.rhyme_score),
-)
+# Columns of the text tables: (header, key of MEAN_FIELDS), for each poem and for the means alike.
 _MEAN_COLUMNS = (("exact", "verse_exact"), ("charF1", "char_f1"), ("align", "char_accuracy"),
                  ("editSim", "edit_similarity"), ("chrF", "chrf"), ("BLEU", "bleu"), ("count", "verse_count_ok"),
                  ("length", "lengths_ok"), ("pingze", "pingze_score"), ("rhyme", "rhyme_score"))
@@ -44,10 +32,11 @@ def format_file_table(result: FileResult) -> str:
     if result.status == "error":
         lines.append(f"   ERROR: {result.error}")
         return "\n".join(lines)
-    header = "  #  status   " + " ".join(f"{name:>7}" for name, _ in _POEM_COLUMNS) + "  notes"
+    header = "  #  status   " + " ".join(f"{name:>7}" for name, _ in _MEAN_COLUMNS) + "  notes"
     lines.append(header)
     for poem in result.poems:
-        cells = " ".join(f"{_fmt(get(poem)):>7}" for _, get in _POEM_COLUMNS)
+        scores = poem_scores(poem)
+        cells = " ".join(f"{_fmt(scores[key]):>7}" for _, key in _MEAN_COLUMNS)
         lines.append(f"{poem.index:>3}  {poem.status:<7}  {cells}  {len(poem.notes)}")
     cells = " ".join(f"{_fmt(result.mean[key]):>7}" for _, key in _MEAN_COLUMNS)
     lines.append(f"{'mean':>12}  {cells}")
