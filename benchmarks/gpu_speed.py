@@ -285,26 +285,24 @@ def main() -> None:
             "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
             "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False, "kbit_fp32_upcast": True},
         }
+
+        def out(label: str) -> str:
+            return str(args.work / re.sub(r"\W+", "-", label))
+
+        runs = []  # (label, config): each trained on its own fresh NF4 base
         for label, overrides in train_variants.items() if "train" in args.levers else ():
-            cfg = load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
+            runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
+        for label, overrides in t4_variants.items() if "t4" in args.levers else ():
+            runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,
+                                                                "save_steps": 1000, **overrides, "output_dir": out(label)})))
+        for label, cfg in runs:
 
             def lever(cfg=cfg) -> dict[str, Any]:
                 figure, result = tangpoem_training(cfg)
-                result.model = None
+                result.model = None  # release the model before the next run
                 return figure
 
             figures["levers"][label] = stage(f"lever: {label}", lever)
-            release()
-        for label, overrides in t4_variants.items() if "t4" in args.levers else ():
-            cfg = load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16, "save_steps": 1000, **overrides,
-                                                  "output_dir": str(args.work / re.sub(r"\W+", "-", label))})
-
-            def t4_lever(cfg=cfg) -> dict[str, Any]:
-                figure, result = tangpoem_training(cfg)
-                result.model = None
-                return figure
-
-            figures["levers"][label] = stage(f"lever: {label}", t4_lever)
             release()
         if "generate" in args.levers:  # timing does not depend on the weights: fresh (zero-delta) adapters
             from tangpoem.model import add_lora
