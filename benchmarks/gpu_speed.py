@@ -216,7 +216,8 @@ def main() -> None:
     parser.add_argument("--trl-steps", type=int, default=65)
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=65)
-    parser.add_argument("--levers", default="", help="only tangpoem's recipes, each lever on and off: any of train,t4,generate")
+    parser.add_argument("--levers", default="",
+                        help="only tangpoem's recipes, each lever on and off: any of train,overhead,t4,generate")
     parser.add_argument("--stages", default="", help="only these stages of the main run (comma-separated keys), e.g. train_trl,train_tangpoem")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     args = parser.parse_args()
@@ -271,12 +272,21 @@ def main() -> None:
 
     if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
         figures["levers"] = {}
-        before = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False}
+        before = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
+                  "varlen_attention": False, "cuda_graphs": False}
         train_variants = {
             "packed, bf16 norms, answer logits (the previous breeze-h100)": before,
             "+ dequantized base": {**before, "dequantize_base": True},
             "+ compiled layers": {**before, "compile": True},
             "+ dequantized base + compiled layers": {**before, "dequantize_base": True, "compile": True},
+        }
+        # CPU-overhead levers on the dequantized base (an eager step waits on the CPU launching kernels)
+        dequantized = {**before, "dequantize_base": True}
+        overhead_variants = {
+            "dequantized base, sdpa attention (the previous breeze-h100)": dequantized,
+            "+ varlen attention": {**dequantized, "varlen_attention": True},
+            "+ varlen attention + CUDA graphs": {**dequantized, "varlen_attention": True, "cuda_graphs": True},
+            "+ varlen attention + compiled layers": {**dequantized, "varlen_attention": True, "compile": True},
         }
         t4_variants = {  # breeze-colab-t4 (fp16 as on a T4, packed rows, answer logits only); 16 steps each (scaled)
             "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
@@ -291,6 +301,8 @@ def main() -> None:
 
         runs = []  # (label, config): each trained on its own fresh NF4 base
         for label, overrides in train_variants.items() if "train" in args.levers else ():
+            runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
+        for label, overrides in overhead_variants.items() if "overhead" in args.levers else ():
             runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
         for label, overrides in t4_variants.items() if "t4" in args.levers else ():
             runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,

@@ -58,6 +58,8 @@ class Config:
     gradient_checkpointing: bool = True  # saves memory on a T4; costs ~30% speed
     padding_free: bool = False  # pack each micro-batch into one sequence (no pad tokens); faster on big GPUs
     answer_logits_only: bool = False  # padding_free only: lm_head and loss only where a label is (~30% of tokens)
+    varlen_attention: bool = False  # padding_free only, sm80+ GPUs: attention within each packed row (FlashAttention varlen)
+    cuda_graphs: bool = False  # varlen_attention only: micro-batches padded to one shape, forward+backward replayed as CUDA graphs
     kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
     dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
     compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling
@@ -131,6 +133,12 @@ def validate(cfg: Config) -> None:
         raise bad("max_steps", "must be >= 1 or null")
     if cfg.answer_logits_only and not cfg.padding_free:
         raise bad("answer_logits_only", "needs padding_free=true (it keeps logits of one packed sequence)")
+    if cfg.varlen_attention and not cfg.padding_free:
+        raise bad("varlen_attention", "needs padding_free=true (it attends within each packed row)")
+    if cfg.cuda_graphs and not (cfg.varlen_attention and cfg.answer_logits_only):
+        raise bad("cuda_graphs", "needs varlen_attention=true and answer_logits_only=true (the captured loss is theirs)")
+    if cfg.cuda_graphs and (cfg.compile or cfg.gradient_checkpointing):
+        raise bad("cuda_graphs", "needs compile=false and gradient_checkpointing=false")
     if cfg.dequantize_base and not cfg.load_in_4bit:
         raise bad("dequantize_base", "needs load_in_4bit=true (it dequantizes the NF4 weights once)")
     if cfg.dequantize_base and cfg.kbit_fp32_upcast:

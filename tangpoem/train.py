@@ -23,9 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from tangpoem.attention import check_varlen_device, packed_kwargs, varlen_attention
 from tangpoem.config import Config
 from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError
+from tangpoem.graphs import GraphedLoss, static_shape
 from tangpoem.io import atomic_write_json
 from tangpoem.model import (
     add_lora,
@@ -164,6 +166,12 @@ def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRo
     return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
 
 
+def micro_batches(dataset: EncodedDataset, cfg: Config, step: int, dist_info: Distributed) -> list[list[EncodedRow]]:
+    """This rank's micro-batches of optimizer step `step`."""
+    local = step_rows(dataset, cfg, step)[dist_info.rank :: dist_info.world_size]
+    return [local[i : i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
+
+
 def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_items: int, answer_logits_only: bool) -> torch.Tensor:
     """Sum of token losses over the batch's answer tokens / `num_items` (the step's answer tokens).
 
@@ -205,6 +213,10 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     if dist_info.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     dtype = resolve_compute_dtype(cfg, device)
+    if cfg.varlen_attention and (why := check_varlen_device(device)):
+        raise InputError(f"config key 'varlen_attention' = True: {why}; set it to false")
+    if cfg.cuda_graphs and dist_info.world_size > 1:
+        raise InputError("config key 'cuda_graphs' = True: one GPU only (DDP's gradient hooks are not captured); set it to false")
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log = print if dist_info.is_main else (lambda *a, **k: None)
@@ -268,70 +280,95 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     # 5. the loop
     from tqdm.auto import tqdm
 
+    # Modes for the loop only (generation afterwards needs sdpa's masks and peft's casts):
+    loop_modes = contextlib.ExitStack()
+    if cfg.varlen_attention:
+        loop_modes.enter_context(varlen_attention(model))
+    if not isinstance(autocast, contextlib.nullcontext):
+        from peft.helpers import disable_input_dtype_casting
+
+        # Under autocast the LoRA matmuls run in the compute dtype whatever their input's dtype, so peft's
+        # cast of each LoRA input to the adapters' fp32 only adds copies: the matmuls see the same values
+        # (dropout rounds once either way; only its random mask may be drawn in another order).
+        loop_modes.enter_context(disable_input_dtype_casting(model))
     model.train()
     started = time.perf_counter()
     progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not dist_info.is_main)
-    for step in range(start_step, total_steps):
-        rows = step_rows(dataset, cfg, step)
-        # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
-        # whatever the micro-batch size, accumulation or number of ranks.
-        num_items = count_label_tokens(rows)
-        local = rows[dist_info.rank :: dist_info.world_size]
-        micro_batches = [local[i : i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
-        step_loss = torch.zeros((), device=device)
-        for i, micro in enumerate(micro_batches):
-            batch = pack(micro) if cfg.padding_free else collate(micro, tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            sync = i == len(micro_batches) - 1 or dist_info.world_size == 1
-            no_sync = train_model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
-            with no_sync, autocast:
-                loss = forward_loss(train_model, batch, num_items, cfg.answer_logits_only) * dist_info.world_size
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss.detach() / dist_info.world_size
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else torch.zeros(())
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    with loop_modes:
+        graphed = None
+        if cfg.cuda_graphs and start_step < total_steps:
+            run_batches = [m for step in range(start_step, total_steps) for m in micro_batches(dataset, cfg, step, dist_info)]
+            shape = static_shape(run_batches)
+            sample = next(m for m in run_batches if len(m) == shape.rows)
+            graphed = GraphedLoss(model, shape, sample, tokenizer.pad_token_id, dtype, device)
+            log(f"cuda graphs: captured micro-batches of {shape.rows} rows padded to {shape.length} tokens")
+            for param in params:  # gradients of their own: a replay overwrites the graph's gradient outputs
+                param.grad = torch.zeros_like(param)
+        for step in range(start_step, total_steps):
+            rows = step_rows(dataset, cfg, step)
+            # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
+            # whatever the micro-batch size, accumulation or number of ranks.
+            num_items = count_label_tokens(rows)
+            step_micro_batches = micro_batches(dataset, cfg, step, dist_info)
+            step_loss = torch.zeros((), device=device)
+            for i, micro in enumerate(step_micro_batches):
+                if graphed is not None and graphed.fits(micro):  # the captured forward and backward, replayed
+                    loss = graphed(micro) / num_items
+                else:
+                    batch = pack(micro) if cfg.padding_free else collate(micro, tokenizer.pad_token_id)
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    if cfg.varlen_attention:
+                        batch.update(packed_kwargs([len(r.input_ids) for r in micro], device))
+                    sync = i == len(step_micro_batches) - 1 or dist_info.world_size == 1
+                    no_sync = train_model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
+                    with no_sync, autocast:
+                        loss = forward_loss(train_model, batch, num_items, cfg.answer_logits_only) * dist_info.world_size
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.detach() / dist_info.world_size
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else torch.zeros(())
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=graphed is None)
 
-        if dist_info.world_size > 1:
-            torch.distributed.all_reduce(step_loss)
-        done = step + 1
-        record = {
-            "step": done,
-            "epoch": round(done / steps_per_epoch, 4),
-            "loss": step_loss.item(),
-            "learning_rate": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-        }
-        history.append(record)
-        progress.update(1)
-        progress.set_postfix(loss=f"{record['loss']:.4f}")
-        if done % cfg.logging_steps == 0 or done == total_steps:
-            log(f"step {done}/{total_steps}  loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}")
-            if dist_info.is_main:
-                atomic_write_json(output_dir / HISTORY_FILE, history)
-        if done % cfg.save_steps == 0 or done == total_steps:
-            if dist_info.is_main:
-                state = {
-                    "step": done,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler else None,
-                    "history": history,
-                    "rng": rng_state(),
-                    "config": cfg.to_dict(),
-                }
-                save_checkpoint(model, state, output_dir, done, cfg.save_total_limit)
             if dist_info.world_size > 1:
-                torch.distributed.barrier()
-        for callback in on_step_end:
-            callback(done, record)
+                torch.distributed.all_reduce(step_loss)
+            done = step + 1
+            record = {
+                "step": done,
+                "epoch": round(done / steps_per_epoch, 4),
+                "loss": step_loss.item(),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+            }
+            history.append(record)
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            if done % cfg.logging_steps == 0 or done == total_steps:
+                log(f"step {done}/{total_steps}  loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}")
+                if dist_info.is_main:
+                    atomic_write_json(output_dir / HISTORY_FILE, history)
+            if done % cfg.save_steps == 0 or done == total_steps:
+                if dist_info.is_main:
+                    state = {
+                        "step": done,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler else None,
+                        "history": history,
+                        "rng": rng_state(),
+                        "config": cfg.to_dict(),
+                    }
+                    save_checkpoint(model, state, output_dir, done, cfg.save_total_limit)
+                if dist_info.world_size > 1:
+                    torch.distributed.barrier()
+            for callback in on_step_end:
+                callback(done, record)
     progress.close()
     seconds = time.perf_counter() - started
     if dist_info.is_main:

@@ -139,3 +139,21 @@ def test_dequantized_compiled_training_and_static_cache_generation(small_mistral
         assert top2[0] - top2[1] < 1e-3, f"row {row} step {step}: tokens differ without a near tie"
     same = sum(torch.equal(a, b) for a, b in zip(dynamic.sequences, static.sequences))
     print(f"static cache: {same}/{len(prompts)} rows identical to the dynamic cache's")
+
+
+def test_varlen_attention_and_cuda_graphs_train_as_eager_sdpa(small_mistral, tmp_path, course_dir):
+    """The varlen kernel and the replayed CUDA graphs follow the eager sdpa run's losses, with two
+    micro-batches a step (gradients accumulate across replays) and a short last one (run eagerly)."""
+    common = dict(gradient_checkpointing=False, padding_free=True, answer_logits_only=True, kbit_fp32_upcast=False,
+                  dequantize_base=True, micro_batch_size=4, batch_size=8, num_train_data=62, max_steps=None,
+                  compute_dtype="bfloat16", lora_dropout=0.0)
+    plain = train(gpu_config(small_mistral, tmp_path / "plain", course_dir, **common))
+    varlen = train(gpu_config(small_mistral, tmp_path / "varlen", course_dir, **common, varlen_attention=True))
+    graphs = train(gpu_config(small_mistral, tmp_path / "graphs", course_dir, **common, varlen_attention=True, cuda_graphs=True))
+    assert len(plain.history) == 8  # 7 steps of 2 x 4 rows, then 6 rows: 4 replayed, 2 eager
+    for a, b, c in zip(plain.history, varlen.history, graphs.history):
+        assert abs(a["loss"] - b["loss"]) < 0.02 * a["loss"], (a, b)
+        assert abs(a["loss"] - c["loss"]) < 0.02 * a["loss"], (a, c)
+    assert graphs.history[-1]["loss"] < graphs.history[0]["loss"]
+    print("losses sdpa / varlen / graphs:", [(round(a["loss"], 4), round(b["loss"], 4), round(c["loss"], 4))
+                                             for a, b, c in zip(plain.history, varlen.history, graphs.history)])

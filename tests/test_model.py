@@ -82,3 +82,31 @@ def test_dequantize_base_is_refused_where_it_cannot_work():
         Config(dequantize_base=True, load_in_4bit=False, kbit_fp32_upcast=False)
     with pytest.raises(InputError, match="dequantize_base.*needs kbit_fp32_upcast=false"):
         Config(dequantize_base=True)
+
+
+def test_lora_inputs_need_no_fp32_cast_under_autocast(tiny_config):
+    """The training loop turns off peft's cast of each LoRA input to the adapters' fp32 under autocast:
+    autocast runs the LoRA matmuls in the compute dtype anyway, so loss and gradients stay the same."""
+    from peft.helpers import disable_input_dtype_casting
+
+    model, tokenizer = load_model(tiny_config(model_name_or_path="tiny-mistral", lora_dropout=0.0))
+    ids = torch.tensor([tokenizer("春眠不覺曉，處處聞啼鳥。").input_ids])
+    torch.manual_seed(0)
+    with torch.no_grad():  # nonzero B matrices, so that every adapter matrix gets a gradient
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    cast_loss, cast_grads = loss_and_grads()
+    with disable_input_dtype_casting(model):
+        plain_loss, plain_grads = loss_and_grads()
+    assert all(g.abs().sum() > 0 for g in cast_grads)
+    assert torch.equal(cast_loss, plain_loss)
+    assert all(torch.equal(a, b) for a, b in zip(cast_grads, plain_grads))
