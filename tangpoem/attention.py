@@ -12,6 +12,7 @@ implementation transformers has no mask function for, it builds no mask at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from typing import Any, Iterator, Sequence
 
@@ -33,7 +34,7 @@ def varlen_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, b
     """Causal attention within each [bounds[i], bounds[i+1]) span; (T, H, D) tensors, key/value may have fewer heads."""
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _parameters(varlen_attn)
     # torch 2.10 spelled causal as is_causal=True; later versions as a (left, right) window
     kwargs: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if key.shape[1] != query.shape[1]:
@@ -47,6 +48,11 @@ def varlen_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, b
     elif abs(scale - query.shape[-1] ** -0.5) > 1e-12:
         raise ValueError(f"this torch's varlen_attn has no scale argument and the model's scale is {scale}")
     return varlen_attn(query, key, value, bounds, bounds, longest, longest, **kwargs)
+
+
+@functools.cache
+def _parameters(function: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
 
 
 def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from tangpoem.attention import packed_kwargs
-from tangpoem.tokens import IGNORE_INDEX, EncodedRow, pack
+from tangpoem.tokens import IGNORE_INDEX, EncodedRow, count_label_tokens, pack
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def static_shape(micro_batches: Iterable[Sequence[EncodedRow]], multiple: int = 
     rows = max(len(m) for m in micro_batches)
     full = [m for m in micro_batches if len(m) == rows]
     longest = max(sum(len(r.input_ids) for r in m) for m in full) + 2
-    answers = max(sum(label != IGNORE_INDEX for r in m for label in r.labels) for m in full)
+    answers = max(count_label_tokens(m) for m in full)
     return StaticShape(rows, -(-longest // multiple) * multiple, answers)
 
 

@@ -76,3 +76,30 @@ def test_varlen_kernel_matches_block_masked_sdpa_on_the_gpu(tiny_config):
     assert torch.allclose(varlen[1], sdpa[1], rtol=1e-2)
     assert (varlen[0] - sdpa[0]).abs().max() < 0.05 * sdpa[0].abs().max()
     assert (varlen[2] - sdpa[2]).norm() < 0.05 * sdpa[2].norm()
+
+
+def test_varlen_kernel_speaks_both_torch_spellings(monkeypatch):
+    """torch 2.10 spells causal `is_causal=True` and has no grouped-query option; later versions take a
+    window and `enable_gqa`. Either way the kernel gets causal attention over the rows' spans."""
+    import torch.nn.attention.varlen as varlen
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(7, 4, 8), torch.randn(7, 2, 8), torch.randn(7, 2, 8)
+    bounds = torch.tensor([0, 3, 7], dtype=torch.int32)
+    expected = reference_kernel(query, key, value, bounds, 4, 8**-0.5)
+    calls = []
+
+    def newer(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        calls.append(("newer", window_size, enable_gqa, scale))
+        return reference_kernel(query, key, value, cu_seq_q, max_q, scale)
+
+    def older(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False):
+        calls.append(("older", is_causal, key.shape[1]))
+        return reference_kernel(query, key, value, cu_seq_q, max_q, query.shape[-1] ** -0.5)
+
+    for fake in (newer, older):
+        monkeypatch.setattr(varlen, "varlen_attn", fake)
+        assert torch.allclose(attention.varlen_kernel(query, key, value, bounds, 4, 8**-0.5), expected, atol=1e-6)
+    assert calls == [("newer", (-1, 0), True, 8**-0.5), ("older", True, 4)]  # older: key/value heads repeated
+    with pytest.raises(ValueError, match="no scale argument"):
+        attention.varlen_kernel(query, key, value, bounds, 4, 0.5)

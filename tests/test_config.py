@@ -34,7 +34,8 @@ LAYOUT_KEYS = {"micro_batch_size", "padding_free", "answer_logits_only", "kbit_f
 def test_gpu_configs_keep_the_homeworks_training(name):
     """The GPU configs differ from the defaults (the homework's values) in layout and speed levers only."""
     cfg, defaults = load_config(name).to_dict(), Config().to_dict()
-    levers = LAYOUT_KEYS | {"gradient_checkpointing", "compute_dtype", "dequantize_base", "compile", "static_cache"}
+    levers = LAYOUT_KEYS | {"gradient_checkpointing", "compute_dtype", "dequantize_base", "compile", "static_cache",
+                            "varlen_attention", "cuda_graphs"}
     where = {"model_name_or_path", "output_dir"}
     differ = {k for k in cfg if cfg[k] != defaults[k]}
     assert differ <= levers | where, differ - levers - where
