@@ -57,13 +57,15 @@ def _parameters(function: Any) -> frozenset[str]:
 
 def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                             cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None,
-                             **kwargs: Any) -> tuple[torch.Tensor, None]:
+                             sliding_window: int | None = None, cu_seq_lens_q: torch.Tensor | None = None,
+                             max_length_q: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: (batch=1, heads, T, D) in, (1, T, heads, D) out."""
     if cu_seq_lens_q is None or max_length_q is None:
         raise ValueError(f"attention {VARLEN!r} needs packed rows: pass attention.packed_kwargs(lengths) to the model")
     if query.shape[0] != 1 or attention_mask is not None or dropout:
         raise ValueError(f"attention {VARLEN!r} takes one packed sequence, no mask and no attention dropout")
+    if sliding_window is not None and max_length_q > sliding_window:
+        raise ValueError(f"attention {VARLEN!r}: rows of up to {max_length_q} tokens exceed the model's sliding window {sliding_window}")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     # (1, H, T, D) -> (T, H, D): for transformers' projections this is the original contiguous layout
     out = varlen_kernel(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
@@ -73,6 +75,10 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 
 def check_varlen_device(device: torch.device) -> str | None:
     """Why this device cannot run the varlen kernel, or None if it can (FlashAttention needs sm80+)."""
+    try:
+        import torch.nn.attention.varlen  # noqa: F401
+    except ImportError:
+        return f"it needs torch.nn.attention.varlen (torch 2.10 or newer), not in torch {torch.__version__}"
     if device.type != "cuda":
         return f"FlashAttention needs a CUDA GPU, not {device.type}"
     major, minor = torch.cuda.get_device_capability(device)

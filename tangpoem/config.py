@@ -59,7 +59,7 @@ class Config:
     padding_free: bool = False  # pack each micro-batch into one sequence (no pad tokens); faster on big GPUs
     answer_logits_only: bool = False  # padding_free only: lm_head and loss only where a label is (~30% of tokens)
     varlen_attention: bool = False  # padding_free only, sm80+ GPUs: attention within each packed row (FlashAttention varlen)
-    cuda_graphs: bool = False  # varlen_attention only: micro-batches padded to one shape, forward+backward replayed as CUDA graphs
+    cuda_graphs: bool = False  # one GPU; varlen_attention + answer_logits_only, no compile/checkpointing: steps replayed as CUDA graphs
     kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
     dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
     compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling

@@ -5,11 +5,13 @@ CPU time than the GPU needs to run it, so an eager step waits on the CPU (on an 
 ~140 ms of GPU work). A CUDA graph replays the recorded forward and backward with one launch each.
 Graphs need fixed shapes: every packed micro-batch is padded to one length by a pad row (its labels
 all ignored; with varlen attention it attends only to itself), and its answer positions to one count
-(the extra ones point into the pad row, whose targets are ignored). The loss is the same sum.
+(the extra ones point into the pad row, whose targets are ignored). The loss is the same sum, up to
+floating-point rounding (the padded matmuls have other shapes).
 """
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -89,3 +91,18 @@ class GraphedLoss:
 
     def __call__(self, rows: Sequence[EncodedRow]) -> torch.Tensor:
         return self.graphed(*self.inputs(rows))
+
+    @staticmethod
+    def own_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+        """Give every parameter a gradient tensor of its own before a step's replays. The graph's
+        backward returns its static output buffers; accumulated into a missing .grad, one would become
+        that .grad, and the next replay would overwrite it. (The loop then zeroes grads, never unsets them.)"""
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+
+    def release(self) -> None:
+        """Free the graphs and their memory pool (a captured module refers to itself through its
+        graphed forward, so only the garbage collector frees it)."""
+        self.graphed = None
+        gc.collect()

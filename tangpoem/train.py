@@ -280,30 +280,28 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     # 5. the loop
     from tqdm.auto import tqdm
 
-    # Modes for the loop only (generation afterwards needs sdpa's masks and peft's casts):
-    loop_modes = contextlib.ExitStack()
-    if cfg.varlen_attention:
-        loop_modes.enter_context(varlen_attention(model))
-    if not isinstance(autocast, contextlib.nullcontext):
-        from peft.helpers import disable_input_dtype_casting
-
-        # Under autocast the LoRA matmuls run in the compute dtype whatever their input's dtype, so peft's
-        # cast of each LoRA input to the adapters' fp32 only adds copies: the matmuls see the same values
-        # (dropout rounds once either way; only its random mask may be drawn in another order).
-        loop_modes.enter_context(disable_input_dtype_casting(model))
     model.train()
     started = time.perf_counter()
     progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not dist_info.is_main)
-    with loop_modes:
+    # Modes for the loop only (generation afterwards needs sdpa's masks and peft's casts):
+    with contextlib.ExitStack() as loop_modes:
+        if cfg.varlen_attention:
+            loop_modes.enter_context(varlen_attention(model))
+        if not isinstance(autocast, contextlib.nullcontext):
+            from peft.helpers import disable_input_dtype_casting
+
+            # Under autocast the LoRA matmuls run in the compute dtype whatever their input's dtype, so peft's
+            # cast of each LoRA input to the adapters' fp32 only adds copies: the matmuls see the same values
+            # (dropout rounds once either way; only its random mask may be drawn in another order).
+            loop_modes.enter_context(disable_input_dtype_casting(model))
         graphed = None
         if cfg.cuda_graphs and start_step < total_steps:
-            run_batches = [m for step in range(start_step, total_steps) for m in micro_batches(dataset, cfg, step, dist_info)]
+            # the shape of the whole run, so that a resumed run replays the same graphs
+            run_batches = [m for step in range(total_steps) for m in micro_batches(dataset, cfg, step, dist_info)]
             shape = static_shape(run_batches)
             sample = next(m for m in run_batches if len(m) == shape.rows)
             graphed = GraphedLoss(model, shape, sample, tokenizer.pad_token_id, dtype, device)
             log(f"cuda graphs: captured micro-batches of {shape.rows} rows padded to {shape.length} tokens")
-            for param in params:  # gradients of their own: a replay overwrites the graph's gradient outputs
-                param.grad = torch.zeros_like(param)
         for step in range(start_step, total_steps):
             rows = step_rows(dataset, cfg, step)
             # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
@@ -311,6 +309,8 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             num_items = count_label_tokens(rows)
             step_micro_batches = micro_batches(dataset, cfg, step, dist_info)
             step_loss = torch.zeros((), device=device)
+            if graphed is not None:
+                graphed.own_gradients(params)
             for i, micro in enumerate(step_micro_batches):
                 if graphed is not None and graphed.fits(micro):  # the captured forward and backward, replayed
                     loss = graphed(micro) / num_items
@@ -369,6 +369,8 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
                     torch.distributed.barrier()
             for callback in on_step_end:
                 callback(done, record)
+        if graphed is not None:
+            graphed.release()
     progress.close()
     seconds = time.perf_counter() - started
     if dist_info.is_main:

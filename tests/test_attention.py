@@ -103,3 +103,13 @@ def test_varlen_kernel_speaks_both_torch_spellings(monkeypatch):
     assert calls == [("newer", (-1, 0), True, 8**-0.5), ("older", True, 4)]  # older: key/value heads repeated
     with pytest.raises(ValueError, match="no scale argument"):
         attention.varlen_kernel(query, key, value, bounds, 4, 0.5)
+
+
+def test_rows_longer_than_the_sliding_window_are_refused(monkeypatch):
+    monkeypatch.setattr(attention, "varlen_kernel", reference_kernel)
+    q = torch.randn(1, 4, 10, 8)
+    kwargs = attention.packed_kwargs([6, 4], "cpu")
+    out, _ = attention.varlen_attention_forward(None, q, q, q, None, sliding_window=8, **kwargs)
+    assert out.shape == (1, 10, 4, 8)
+    with pytest.raises(ValueError, match="exceed the model's sliding window 4"):
+        attention.varlen_attention_forward(None, q, q, q, None, sliding_window=4, **kwargs)

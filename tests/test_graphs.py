@@ -53,3 +53,12 @@ def test_padded_batch_gives_the_packed_loss(tiny_config, monkeypatch):
             with attention.varlen_attention(model):
                 padded = PackedLoss(model, shape.length)(input_ids, position_ids, bounds, keep, targets) / num_items
         assert torch.allclose(padded, expected, atol=1e-5)
+
+
+def test_own_gradients_never_lets_a_replay_buffer_become_a_grad():
+    from tangpoem.graphs import GraphedLoss
+
+    missing, present = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    present.grad = kept = torch.full((2,), 5.0)
+    GraphedLoss.own_gradients([missing, present])
+    assert torch.equal(missing.grad, torch.zeros(3)) and present.grad is kept
