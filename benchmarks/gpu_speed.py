@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_speed.py --data-dir DIR --commit SHA [--baseline-steps 65] [--trl-steps 65]
         [--baseline-prompts 15] [--t4-steps 65] [--stages train_homework,train_trl,...]
-    python benchmarks/gpu_speed.py --data-dir DIR --levers train,t4,generate   # each lever on and off
+    python benchmarks/gpu_speed.py --data-dir DIR --levers train,overhead,t4,generate   # each lever on and off
+    python benchmarks/gpu_speed.py --data-dir DIR --profile [--set key=value ...]   # where a step's time goes
 
 A random-initialised checkpoint of Breeze-7B's exact shape (speed and memory do not depend on the
 weights' values; the hub is out of reach) is written to disk and loaded in NF4 through tangpoem.
@@ -199,6 +200,31 @@ def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attemp
     return out
 
 
+def profiled_training(cfg: Any, active: int = 3, wait: int = 4) -> dict[str, Any]:
+    """torch.profiler over `active` steps of tangpoem's loop, after `wait` steps and one warm-up step: GPU
+    kernel time and CPU time a step against the wall clock, and the costliest operators and kernels."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from tangpoem.train import train
+
+    cfg = load_config(None, {**cfg.to_dict(), "max_steps": wait + 1 + active, "save_steps": 1000})
+    clock = StepClock()
+    profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(wait=wait, warmup=1, active=active))
+    with profiler:
+        train(cfg, on_step_end=[clock, lambda step, record: profiler.step()])
+    averages = profiler.key_averages()
+    per_step = lambda microseconds: microseconds / active / 1000  # noqa: E731  (ms a step)
+    costliest = sorted(averages, key=lambda e: e.self_device_time_total, reverse=True)[:30]
+    return {
+        "steps_profiled": active, "config": cfg.to_dict(),
+        "wall_ms_per_step": 1000 * sum(b - a for a, b in zip(clock.ends[-active - 1 :], clock.ends[-active:])) / active,
+        "gpu_kernel_ms_per_step": per_step(sum(e.self_device_time_total for e in averages)),
+        "cpu_ms_per_step": per_step(sum(e.self_cpu_time_total for e in averages)),
+        "costliest": [{"name": e.key[:100], "calls_per_step": e.count / active, "gpu_ms_per_step": per_step(e.self_device_time_total),
+                       "cpu_ms_per_step": per_step(e.self_cpu_time_total)} for e in costliest],
+    }
+
+
 def release() -> None:
     import gc
 
@@ -220,6 +246,9 @@ def main() -> None:
                         help="only tangpoem's recipes, each lever on and off: any of train,overhead,t4,generate")
     parser.add_argument("--stages", default="", help="only these stages of the main run (comma-separated keys), e.g. train_trl,train_tangpoem")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
+    parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --profile: config keys to change from breeze-h100")
     args = parser.parse_args()
 
     import bitsandbytes
@@ -239,7 +268,8 @@ def main() -> None:
         "figures": {}, "errors": {},
     }
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    suffix = "-levers-" + args.levers.replace(",", "-") if args.levers else "-" + args.stages.replace(",", "-") if args.stages else ""
+    suffix = ("-levers-" + args.levers.replace(",", "-") if args.levers else "-" + args.stages.replace(",", "-") if args.stages
+              else "-profile" if args.profile else "")
     out_file = args.results_dir / (stem + suffix + ".json")
     figures = results["figures"]
 
@@ -269,6 +299,13 @@ def main() -> None:
     fast = load_config("breeze-h100", {**shape, "output_dir": str(args.work / "b")})
     tokenizer = load_tokenizer(fast)
     results["config_breeze_h100"] = fast.to_dict()
+
+    if args.profile:
+        from tangpoem.config import parse_set
+
+        profiled = load_config("breeze-h100", {**fast.to_dict(), **parse_set(args.overrides)})
+        figures["profile"] = stage("profile", lambda: profiled_training(profiled))
+        return
 
     if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
         figures["levers"] = {}

@@ -166,9 +166,9 @@ def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRo
     return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
 
 
-def micro_batches(dataset: EncodedDataset, cfg: Config, step: int, dist_info: Distributed) -> list[list[EncodedRow]]:
-    """This rank's micro-batches of optimizer step `step`."""
-    local = step_rows(dataset, cfg, step)[dist_info.rank :: dist_info.world_size]
+def micro_batches(rows: Sequence[EncodedRow], cfg: Config, dist_info: Distributed) -> list[list[EncodedRow]]:
+    """This rank's micro-batches of one optimizer step's rows."""
+    local = list(rows)[dist_info.rank :: dist_info.world_size]
     return [local[i : i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
 
 
@@ -297,7 +297,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
         graphed = None
         if cfg.cuda_graphs and start_step < total_steps:
             # the shape of the whole run, so that a resumed run replays the same graphs
-            run_batches = [m for step in range(total_steps) for m in micro_batches(dataset, cfg, step, dist_info)]
+            run_batches = [m for step in range(total_steps) for m in micro_batches(step_rows(dataset, cfg, step), cfg, dist_info)]
             shape = static_shape(run_batches)
             sample = next(m for m in run_batches if len(m) == shape.rows)
             graphed = GraphedLoss(model, shape, sample, tokenizer.pad_token_id, dtype, device)
@@ -307,7 +307,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
             # whatever the micro-batch size, accumulation or number of ranks.
             num_items = count_label_tokens(rows)
-            step_micro_batches = micro_batches(dataset, cfg, step, dist_info)
+            step_micro_batches = micro_batches(rows, cfg, dist_info)
             step_loss = torch.zeros((), device=device)
             if graphed is not None:
                 graphed.own_gradients(params)
