@@ -374,8 +374,11 @@ def main() -> None:
     results["config_breeze_colab_t4"] = t4.to_dict()
 
     def t4_profile() -> dict[str, Any]:
-        figure, result = tangpoem_training(t4, base)
-        result.model.unload()
+        # its own NF4 base: the homework's prepare_model_for_kbit_training has cast the shared base's norms,
+        # embeddings and lm_head to fp32 in place, which the T4 profile (fp16 norms) must not inherit
+        figure, result = tangpoem_training(t4)
+        result.model = None
+        release()
         return figure
 
     figures["t4_profile"] = stage("t4_profile", t4_profile)
