@@ -1,6 +1,6 @@
 """Training micro-batches replayed as one CUDA graph: captured once, then no per-kernel CPU cost.
 
-A LoRA step of a 7B model is ~5,000 small kernels. Launched one by one from Python each costs more
+A LoRA step of a 7B model is thousands of small kernels. Launched one by one from Python each costs more
 CPU time than the GPU needs to run it, so an eager step waits on the CPU (on an H200, ~280 ms for
 ~140 ms of GPU work). A CUDA graph replays the recorded forward and backward with one launch each.
 Graphs need fixed shapes: every packed micro-batch is padded to one length by a pad row (its labels
