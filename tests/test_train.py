@@ -175,3 +175,27 @@ def test_compiled_decoder_layers_give_the_same_training(tiny_config):
     compiled = _assert_same_training(tiny_config, common, {"compile": True}, digits=3, atol=1e-4)
     layers = compiled.model.get_base_model().model.layers
     assert all(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
+
+
+def test_varlen_training_plumbing_on_cpu(tiny_config, monkeypatch):
+    """The loop passes each packed micro-batch's row bounds to the varlen attention (here a reference
+    kernel, the real one needs a GPU) and trains what sdpa's block mask trains; afterwards the model
+    attends with sdpa again, for generation."""
+    import tangpoem.attention as attention
+    import tangpoem.train as train_module
+    from attention_helpers import reference_kernel
+
+    rows_seen = []
+
+    def kernel(query, key, value, bounds, longest, scale):
+        rows_seen.append(len(bounds) - 1)
+        return reference_kernel(query, key, value, bounds, longest, scale)
+
+    monkeypatch.setattr(attention, "varlen_kernel", kernel)
+    monkeypatch.setattr(train_module, "check_varlen_device", lambda device: None)
+    common = {**SMALL, "max_steps": 3, "lora_dropout": 0.0, "padding_free": True}
+    varlen = _assert_same_training(tiny_config, common, {"varlen_attention": True})
+    layers = len(varlen.model.get_base_model().model.layers)
+    cfg = tiny_config(**common)
+    assert rows_seen == [cfg.micro_batch_size] * (3 * cfg.batch_size // cfg.micro_batch_size * layers)
+    assert varlen.model.get_base_model().config._attn_implementation == "sdpa"
