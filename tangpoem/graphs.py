@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from tangpoem.attention import packed_kwargs
-from tangpoem.tokens import IGNORE_INDEX, EncodedRow, count_label_tokens, pack
+from tangpoem.tokens import IGNORE_INDEX, EncodedRow, answer_positions, count_label_tokens, pack
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,12 @@ def static_batch(rows: Sequence[EncodedRow], shape: StaticShape, pad_token_id: i
     if len(rows) != shape.rows or pad < 2:
         raise ValueError(f"{len(rows)} rows of {used} tokens do not fit {shape}")
     batch = pack([*rows, EncodedRow([pad_token_id] * pad, [IGNORE_INDEX] * pad, False)])
-    targets = batch["labels"][0, 1:]  # position t predicts token t + 1
-    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
-    keep = torch.cat([keep, torch.full((shape.answers - len(keep),), shape.length - 2)])
+    keep, targets = answer_positions(batch["labels"])
+    extra = shape.answers - len(keep)  # padded answer positions: the pad row's last-but-one, its target ignored
+    keep = torch.cat([keep, torch.full((extra,), shape.length - 2)])
+    targets = torch.cat([targets, torch.full((extra,), IGNORE_INDEX)])
     bounds = packed_kwargs([*(len(r.input_ids) for r in rows), pad], "cpu")["cu_seq_lens_q"]
-    return batch["input_ids"], batch["position_ids"], bounds, keep, targets[keep]
+    return batch["input_ids"], batch["position_ids"], bounds, keep, targets
 
 
 class PackedLoss(torch.nn.Module):

@@ -111,3 +111,11 @@ def pack(rows: Sequence[EncodedRow]) -> dict[str, torch.Tensor]:
     position_ids = torch.cat([torch.arange(len(r.input_ids)) for r in rows]).unsqueeze(0)
     assert all(r.labels[0] == IGNORE_INDEX for r in rows)
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+
+
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, targets) of one packed sequence's labels (1, N): the positions t whose next token
+    t + 1 is learned, and those tokens. The lm_head and the loss need nothing else."""
+    targets = labels[0, 1:]
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+    return keep, targets[keep]

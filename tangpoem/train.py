@@ -39,7 +39,8 @@ from tangpoem.model import (
     resolve_compute_dtype,
     resolve_device,
 )
-from tangpoem.tokens import IGNORE_INDEX, EncodedDataset, EncodedRow, collate, count_label_tokens, encode_training_rows, pack
+from tangpoem.tokens import (EncodedDataset, EncodedRow, answer_positions, collate, count_label_tokens, encode_training_rows,
+                             pack)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -179,11 +180,10 @@ def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_ite
     token is learned, instead of at every prompt token too; the loss is the same."""
     if not answer_logits_only:
         return model(**batch, num_items_in_batch=num_items, use_cache=False).loss
-    targets = batch["labels"][0, 1:]  # (N-1,): position t predicts token t+1
-    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+    keep, targets = answer_positions(batch["labels"])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]  # (kept, V)
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum") / num_items
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum") / num_items
 
 
 # ----------------------------------------------------------------------------- the recipe
