@@ -63,6 +63,8 @@ class Config:
     kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
     dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
     compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling
+    fused_rms_norm: bool = False  # training: each RMSNorm as one kernel (torch.nn.functional.rms_norm), not ~8
+    fused_lora: bool = False  # training: LoRA's scale and add folded into its B matmul (addmm); dense base layers only
     # --- generation ---
     checkpoint_index: int = -1  # which checkpoint to generate with (the homework's pick-by-index; -1 = last)
     generation_batch_size: int = 16
@@ -143,6 +145,8 @@ def validate(cfg: Config) -> None:
         raise bad("dequantize_base", "needs load_in_4bit=true (it dequantizes the NF4 weights once)")
     if cfg.dequantize_base and cfg.kbit_fp32_upcast:
         raise bad("dequantize_base", "needs kbit_fp32_upcast=false (the upcast would turn the dequantized weights into fp32)")
+    if cfg.fused_lora and cfg.load_in_4bit and not cfg.dequantize_base:
+        raise bad("fused_lora", "needs dequantize_base=true or load_in_4bit=false (peft's 4-bit LoRA layers keep their own forward)")
     if not cfg.lora_target_modules:
         raise bad("lora_target_modules", "must name at least one module")
 

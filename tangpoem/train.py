@@ -27,6 +27,7 @@ from tangpoem.attention import check_varlen_device, packed_kwargs, varlen_attent
 from tangpoem.config import Config
 from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError
+from tangpoem.fused import fused_lora, fused_rms_norm
 from tangpoem.graphs import GraphedLoss, static_shape
 from tangpoem.io import atomic_write_json
 from tangpoem.model import (
@@ -294,6 +295,10 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             # cast of each LoRA input to the adapters' fp32 only adds copies: the matmuls see the same values
             # (dropout rounds once either way; only its random mask may be drawn in another order).
             loop_modes.enter_context(disable_input_dtype_casting(model))
+        if cfg.fused_rms_norm:
+            log(f"fused: {loop_modes.enter_context(fused_rms_norm(model))} RMSNorm layers")
+        if cfg.fused_lora:
+            log(f"fused: {loop_modes.enter_context(fused_lora(model))} LoRA layers")
         graphed = None
         if cfg.cuda_graphs and start_step < total_steps:
             # the shape of the whole run, so that a resumed run replays the same graphs

@@ -35,7 +35,7 @@ def test_gpu_configs_keep_the_homeworks_training(name):
     """The GPU configs differ from the defaults (the homework's values) in layout and speed levers only."""
     cfg, defaults = load_config(name).to_dict(), Config().to_dict()
     levers = LAYOUT_KEYS | {"gradient_checkpointing", "compute_dtype", "dequantize_base", "compile", "static_cache",
-                            "varlen_attention", "cuda_graphs"}
+                            "varlen_attention", "cuda_graphs", "fused_rms_norm", "fused_lora"}
     where = {"model_name_or_path", "output_dir"}
     differ = {k for k in cfg if cfg[k] != defaults[k]}
     assert differ <= levers | where, differ - levers - where

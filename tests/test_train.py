@@ -177,6 +177,12 @@ def test_compiled_decoder_layers_give_the_same_training(tiny_config):
     assert all(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
 
 
+def test_fused_modes_give_the_same_training(tiny_config):
+    """fused_rms_norm and fused_lora (with LoRA dropout on: the masks are drawn in the same order)."""
+    common = {**SMALL, "max_steps": 3, "padding_free": True}
+    _assert_same_training(tiny_config, common, {"fused_rms_norm": True, "fused_lora": True})
+
+
 def test_varlen_training_plumbing_on_cpu(tiny_config, monkeypatch):
     """The loop passes each packed micro-batch's row bounds to the varlen attention (here a reference
     kernel, the real one needs a GPU) and trains what sdpa's block mask trains; afterwards the model

@@ -1,0 +1,78 @@
+"""Fewer element-wise kernels in a training step: the same math, fused into ops PyTorch already has.
+
+Once CUDA graphs remove the CPU's launch cost, a LoRA step of a 7B model waits on memory-bound
+element-wise kernels, each reading and writing a (tokens x hidden) tensor. Two sources of them have
+a fused op in PyTorch itself (no compiling, no extra package):
+- transformers' Llama/Mistral RMSNorm is about eight kernels forward (casts to fp32 and back, pow, mean,
+  rsqrt, two muls) and more backward; `torch.nn.functional.rms_norm` is one kernel each way on CUDA.
+- peft's LoRA adds `lora_B(h) * scaling` to the base output: a matmul, a mul and an add forward, and a
+  mul of the full gradient backward. `torch.addmm(result, h, B.T, alpha=scaling)` is one matmul whose
+  epilogue does the scale and the add; backward, the scale falls on the rank-r tensors only.
+Both compute the same values up to rounding (one rounding where the originals round twice). They are
+loop modes, like `attention.varlen_attention`: entered for training, left before generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Any, Iterator
+
+import torch
+
+
+def _is_rms_norm(module: torch.nn.Module) -> bool:
+    # Llama-family norms (MistralRMSNorm, LlamaRMSNorm, ...): a weight and an epsilon, no bias
+    return type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and hasattr(module, "weight")
+
+
+def rms_norm_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """transformers' RMSNorm as one op, where input and weight share a dtype (fp32 statistics inside
+    the kernel, as transformers computes them); otherwise transformers' own forward."""
+    if hidden_states.dtype != self.weight.dtype:  # e.g. fp32 norms (kbit_fp32_upcast) on bf16 activations
+        return type(self).forward(self, hidden_states)
+    # autocast may list rms_norm as an fp32 op; the kernel already keeps its statistics in fp32
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        return torch.nn.functional.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+
+
+def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """peft's forward of a LoRA Linear with one plain adapter, the scale and the add folded into the
+    B matmul; any other case (merged, disabled, several adapters, DoRA, extra arguments) goes to peft."""
+    adapters = self.active_adapters
+    if args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1:
+        return type(self).forward(self, x, *args, **kwargs)
+    name = adapters[0]
+    if name not in self.lora_A or name in self.lora_variant:
+        return type(self).forward(self, x, *args, **kwargs)
+    lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+    if x.dtype != lora_A.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        return type(self).forward(self, x, *args, **kwargs)  # peft casts the input; addmm would refuse mixed dtypes
+    result = self.base_layer(x)
+    hidden = lora_A(self.lora_dropout[name](x))  # the same order as peft: base, then dropout's random mask
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), lora_B.weight.t(),
+                      alpha=self.scaling[name])
+    return out.view(result.shape).to(result.dtype)
+
+
+@contextlib.contextmanager
+def _instance_forwards(modules: list[torch.nn.Module], forward: Any) -> Iterator[int]:
+    for module in modules:
+        module.forward = types.MethodType(forward, module)
+    try:
+        yield len(modules)
+    finally:
+        for module in modules:
+            del module.forward  # the class's forward again
+
+
+def fused_rms_norm(model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
+    """Within the block every RMSNorm of `model` runs `rms_norm_forward`; yields how many there are."""
+    return _instance_forwards([m for m in model.modules() if _is_rms_norm(m)], rms_norm_forward)
+
+
+def fused_lora(model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
+    """Within the block every peft LoRA Linear of `model` runs `lora_forward`; yields how many there are."""
+    from peft.tuners.lora import Linear
+
+    return _instance_forwards([m for m in model.modules() if type(m) is Linear], lora_forward)

@@ -1,0 +1,104 @@
+"""The fused training modes compute what transformers' RMSNorm and peft's LoRA forward compute, and
+hand the model back unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tangpoem.config import Config
+from tangpoem.errors import InputError
+from tangpoem.fused import fused_lora, fused_rms_norm
+from tangpoem.model import load_model
+
+
+@pytest.fixture
+def tiny_lora(tiny_config, tiny_name):
+    """A tiny model with LoRA (dropout on) whose B matrices are nonzero, and a packed-length input."""
+    model, tokenizer = load_model(tiny_config(model_name_or_path=tiny_name, lora_dropout=0.1))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+    ids = torch.tensor([tokenizer("春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。").input_ids])
+    model.train()
+    return model, ids
+
+
+def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor, autocast: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    torch.manual_seed(1)  # the same dropout masks for every call
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def assert_close_training(model: torch.nn.Module, ids: torch.Tensor, mode, autocast: bool, atol: float, rtol: float) -> int:
+    plain_loss, plain_grads = loss_and_grads(model, ids, autocast)
+    with mode(model) as count:
+        fused_loss, fused_grads = loss_and_grads(model, ids, autocast)
+    assert all(g.abs().sum() > 0 for g in plain_grads)
+    torch.testing.assert_close(fused_loss, plain_loss, atol=atol, rtol=rtol)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+    again_loss, _ = loss_and_grads(model, ids, autocast)  # the class forwards are back
+    assert torch.equal(again_loss, plain_loss)
+    return count
+
+
+@pytest.mark.parametrize("mode", [fused_rms_norm, fused_lora], ids=["rms_norm", "lora"])
+def test_fused_modes_train_what_the_originals_train(tiny_lora, mode):
+    model, ids = tiny_lora
+    layers = model.get_base_model().model.layers
+    count = assert_close_training(model, ids, mode, autocast=False, atol=1e-5, rtol=1e-5)
+    assert count == (2 * len(layers) + 1 if mode is fused_rms_norm else 7 * len(layers))
+    # bf16 autocast: fewer roundings in the fused ops, so equal to bf16 precision only
+    assert_close_training(model, ids, mode, autocast=True, atol=2e-2, rtol=2e-2)
+
+
+def test_fused_rms_norm_is_one_op_in_the_activations_dtype():
+    from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+
+    norm = MistralRMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.weight.copy_(norm.weight.bfloat16())  # exact in bf16 too
+    x = torch.randn(2, 5, 64)
+    with fused_rms_norm(norm):
+        fused = norm(x)
+        norm.to(torch.bfloat16)
+        fused_bf16 = norm(x.bfloat16())
+        norm.float()
+        mixed = norm(x.bfloat16())  # fp32 weight, bf16 input: transformers' own forward (fp32 out)
+    torch.testing.assert_close(fused, norm(x), atol=1e-6, rtol=1e-5)
+    assert fused_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(fused_bf16.float(), norm(x), atol=3e-2, rtol=2e-2)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, norm(x.bfloat16()))
+
+
+def test_fused_lora_leaves_other_cases_to_peft(tiny_lora):
+    """Adapters disabled or merged: peft's own forward (the base alone, or the merged weights)."""
+    model, ids = tiny_lora
+    model.eval()
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+            with fused_lora(model):
+                assert torch.equal(model(input_ids=ids).logits, base)
+        tuned = model(input_ids=ids).logits
+        with fused_lora(model):
+            torch.testing.assert_close(model(input_ids=ids).logits, tuned, atol=1e-5, rtol=1e-5)
+            model.merge_adapter()
+            merged = model(input_ids=ids).logits
+        model.unmerge_adapter()
+    torch.testing.assert_close(merged, tuned, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(base, tuned)
+
+
+def test_fused_lora_needs_dense_base_layers():
+    with pytest.raises(InputError, match="fused_lora.*needs dequantize_base=true"):
+        Config(fused_lora=True)
+    Config(fused_lora=True, load_in_4bit=False)
+    Config(fused_lora=True, dequantize_base=True, kbit_fp32_upcast=False)
