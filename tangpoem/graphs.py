@@ -21,6 +21,9 @@ from tangpoem.attention import packed_kwargs
 from tangpoem.tokens import IGNORE_INDEX, EncodedRow, answer_positions, count_label_tokens, pack
 
 
+WARMUP_RUNS = 1
+
+
 @dataclass(frozen=True)
 class StaticShape:
     rows: int  # rows of a full micro-batch; other micro-batches (a short last one) run eagerly
@@ -80,8 +83,11 @@ class GraphedLoss:
         self.shape, self.pad_token_id, self.device = shape, pad_token_id, device
         rng = torch.cuda.get_rng_state(device)  # the capture's warm-up runs must not move the dropout masks
         # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False
+        # One warm-up run does the lazy set-up (cuBLAS workspaces, kernel loading) that must not happen
+        # during capture; torch's default of 3 is for DDP, which this refuses. Each costs an eager step.
         with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
-            self.graphed: Any = torch.cuda.make_graphed_callables(PackedLoss(model, shape.length), self.inputs(sample_rows))
+            self.graphed: Any = torch.cuda.make_graphed_callables(PackedLoss(model, shape.length), self.inputs(sample_rows),
+                                                                  num_warmup_iters=WARMUP_RUNS)
         torch.cuda.set_rng_state(rng, device)
 
     def fits(self, rows: Sequence[EncodedRow]) -> bool:
