@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_speed.py --data-dir DIR --commit SHA [--baseline-steps 65] [--trl-steps 65]
         [--baseline-prompts 15] [--t4-steps 65] [--stages train_homework,train_trl,...]
-    python benchmarks/gpu_speed.py --data-dir DIR --levers train,overhead,t4,generate   # each lever on and off
+    python benchmarks/gpu_speed.py --data-dir DIR --levers train,overhead,fused,t4,t4fused,generate   # each lever on and off
     python benchmarks/gpu_speed.py --data-dir DIR --profile [--set key=value ...]   # where a step's time goes
 
 A random-initialised checkpoint of Breeze-7B's exact shape (speed and memory do not depend on the
@@ -243,13 +243,16 @@ def main() -> None:
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=65)
     parser.add_argument("--levers", default="",
-                        help="only tangpoem's recipes, each lever on and off: any of train,overhead,t4,generate")
+                        help="only tangpoem's recipes, each lever on and off: any of train,overhead,fused,t4,t4fused,generate")
     parser.add_argument("--stages", default="", help="only these stages of the main run (comma-separated keys), e.g. train_trl,train_tangpoem")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="with --profile: config keys to change from breeze-h100")
     args = parser.parse_args()
+    chosen = set(filter(None, args.levers.split(",")))
+    if unknown := chosen - {"train", "overhead", "fused", "t4", "t4fused", "generate"}:
+        parser.error(f"--levers: unknown group(s) {', '.join(sorted(unknown))}")
 
     import bitsandbytes
     import peft
@@ -325,6 +328,14 @@ def main() -> None:
             "+ varlen attention + CUDA graphs": {**dequantized, "varlen_attention": True, "cuda_graphs": True},
             "+ varlen attention + compiled layers": {**dequantized, "varlen_attention": True, "compile": True},
         }
+        # element-wise work fused into ops PyTorch has, on breeze-h100's layout (varlen attention, CUDA graphs)
+        graphed = {**dequantized, "varlen_attention": True, "cuda_graphs": True}
+        fused_variants = {
+            "varlen attention + CUDA graphs, no fused ops": graphed,
+            "+ fused RMSNorm": {**graphed, "fused_rms_norm": True},
+            "+ fused LoRA": {**graphed, "fused_lora": True},
+            "+ fused RMSNorm + fused LoRA": {**graphed, "fused_rms_norm": True, "fused_lora": True},
+        }
         t4_variants = {  # breeze-colab-t4 (fp16 as on a T4, packed rows, answer logits only); 16 steps each (scaled)
             "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
             "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
@@ -337,11 +348,20 @@ def main() -> None:
             return str(args.work / re.sub(r"\W+", "-", label))
 
         runs = []  # (label, config): each trained on its own fresh NF4 base
-        for label, overrides in train_variants.items() if "train" in args.levers else ():
+        for label, overrides in train_variants.items() if "train" in chosen else ():
             runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
-        for label, overrides in overhead_variants.items() if "overhead" in args.levers else ():
+        for label, overrides in overhead_variants.items() if "overhead" in chosen else ():
             runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
-        for label, overrides in t4_variants.items() if "t4" in args.levers else ():
+        for label, overrides in fused_variants.items() if "fused" in chosen else ():
+            runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
+        t4_fused = {  # breeze-colab-t4 as it is, and with the fused RMSNorm (fp16 norms); 16 steps each (scaled)
+            "T4 profile as configured": {},
+            "T4 profile + fused RMSNorm": {"fused_rms_norm": True},
+        }
+        for label, overrides in t4_fused.items() if "t4fused" in chosen else ():
+            runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,
+                                                                "save_steps": 1000, **overrides, "output_dir": out(label)})))
+        for label, overrides in t4_variants.items() if "t4" in chosen else ():
             runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,
                                                                 "save_steps": 1000, **overrides, "output_dir": out(label)})))
         for label, cfg in runs:
@@ -353,7 +373,7 @@ def main() -> None:
 
             figures["levers"][label] = stage(f"lever: {label}", lever)
             release()
-        if "generate" in args.levers:  # timing does not depend on the weights: fresh (zero-delta) adapters
+        if "generate" in chosen:  # timing does not depend on the weights: fresh (zero-delta) adapters
             from tangpoem.model import add_lora
 
             merged = merge_lora_dequantized(add_lora(load_base_model(fast), fast), torch.bfloat16)

@@ -141,19 +141,23 @@ def test_dequantized_compiled_training_and_static_cache_generation(small_mistral
     print(f"static cache: {same}/{len(prompts)} rows identical to the dynamic cache's")
 
 
-def test_varlen_attention_and_cuda_graphs_train_as_eager_sdpa(small_mistral, tmp_path, course_dir):
-    """The varlen kernel and the replayed CUDA graphs follow the eager sdpa run's losses, with two
-    micro-batches a step (gradients accumulate across replays) and a short last one (run eagerly)."""
+def test_varlen_attention_cuda_graphs_and_fused_ops_train_as_eager_sdpa(small_mistral, tmp_path, course_dir):
+    """The varlen kernel, the replayed CUDA graphs and the fused RMSNorm/LoRA ops (inside the graphs)
+    follow the eager sdpa run's losses, with two micro-batches a step (gradients accumulate across
+    replays) and a short last one (run eagerly)."""
     common = dict(gradient_checkpointing=False, padding_free=True, answer_logits_only=True, kbit_fp32_upcast=False,
                   dequantize_base=True, micro_batch_size=4, batch_size=8, num_train_data=62, max_steps=None,
                   compute_dtype="bfloat16", lora_dropout=0.0)
     plain = train(gpu_config(small_mistral, tmp_path / "plain", course_dir, **common))
     varlen = train(gpu_config(small_mistral, tmp_path / "varlen", course_dir, **common, varlen_attention=True))
     graphs = train(gpu_config(small_mistral, tmp_path / "graphs", course_dir, **common, varlen_attention=True, cuda_graphs=True))
+    fused = train(gpu_config(small_mistral, tmp_path / "fused", course_dir, **common, varlen_attention=True, cuda_graphs=True,
+                             fused_rms_norm=True, fused_lora=True))
     assert len(plain.history) == 8  # 7 steps of 2 x 4 rows, then 6 rows: 4 replayed, 2 eager
-    for a, b, c in zip(plain.history, varlen.history, graphs.history):
+    for a, b, c, d in zip(plain.history, varlen.history, graphs.history, fused.history):
         assert abs(a["loss"] - b["loss"]) < 0.02 * a["loss"], (a, b)
         assert abs(a["loss"] - c["loss"]) < 0.02 * a["loss"], (a, c)
+        assert abs(a["loss"] - d["loss"]) < 0.02 * a["loss"], (a, d)
     assert graphs.history[-1]["loss"] < graphs.history[0]["loss"]
-    print("losses sdpa / varlen / graphs:", [(round(a["loss"], 4), round(b["loss"], 4), round(c["loss"], 4))
-                                             for a, b, c in zip(plain.history, varlen.history, graphs.history)])
+    print("losses sdpa / varlen / graphs / graphs+fused:",
+          [tuple(round(h["loss"], 4) for h in hs) for hs in zip(plain.history, varlen.history, graphs.history, fused.history)])
