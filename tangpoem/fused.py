@@ -6,8 +6,8 @@ a fused op in PyTorch itself (no compiling, no extra package):
 - transformers' Llama/Mistral RMSNorm is about eight kernels forward (casts to fp32 and back, pow, mean,
   rsqrt, two muls) and more backward; `torch.nn.functional.rms_norm` is one kernel each way on CUDA.
 - peft's LoRA adds `lora_B(h) * scaling` to the base output: a matmul, a mul and an add forward, and a
-  mul of the full gradient backward. `torch.addmm(result, h, B.T, alpha=scaling)` is one matmul whose
-  epilogue does the scale and the add; backward, the scale falls on the rank-r tensors only.
+  mul of the full gradient backward. `result.addmm_(h, B.T, alpha=scaling)` is one matmul whose epilogue
+  does the scale and the add; backward, the scale falls on the rank-r tensors only.
 Both compute the same values up to rounding (one rounding where the originals round twice). They are
 loop modes, like `attention.varlen_attention`: entered for training, left before generation.
 """
@@ -50,9 +50,11 @@ def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
         return type(self).forward(self, x, *args, **kwargs)  # peft casts the input; addmm would refuse mixed dtypes
     result = self.base_layer(x)
     hidden = lora_A(self.lora_dropout[name](x))  # the same order as peft: base, then dropout's random mask
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), lora_B.weight.t(),
-                      alpha=self.scaling[name])
-    return out.view(result.shape).to(result.dtype)
+    # In place: the base matmul keeps its inputs for backward, not its output, so the output may take the
+    # sum (an out-of-place addmm would first copy it). Autocast skips in-place ops: cast as it would.
+    result.view(-1, result.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]).to(result.dtype),
+                                             lora_B.weight.t().to(result.dtype), alpha=self.scaling[name])
+    return result
 
 
 @contextlib.contextmanager
