@@ -76,16 +76,16 @@ class GraphedLoss:
     with rows of the same shape replays them. Gradients reach the parameters as in eager mode."""
 
     def __init__(self, model: torch.nn.Module, shape: StaticShape, sample_rows: Sequence[EncodedRow],
-                 pad_token_id: int, dtype: torch.dtype, device: torch.device, warmup_runs: int = 1) -> None:
-        """`warmup_runs`: eager runs before the capture, for the lazy set-up (cuBLAS handles, kernel
-        loading) that a capture must not contain; 0 where the same work has already run eagerly. (torch's
-        default of 3 is for DDP, which this refuses.)"""
+                 pad_token_id: int, dtype: torch.dtype, device: torch.device) -> None:
         self.shape, self.pad_token_id, self.device = shape, pad_token_id, device
         rng = torch.cuda.get_rng_state(device)  # the capture's warm-up runs must not move the dropout masks
-        # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False
+        # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False.
+        # One warm-up run on the capture's side stream does the lazy set-up a capture must not contain
+        # (an eager step on the default stream does not: its capture then fails); torch's default of 3
+        # is for DDP, which this refuses.
         with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
             self.graphed: Any = torch.cuda.make_graphed_callables(PackedLoss(model, shape.length), self.inputs(sample_rows),
-                                                                  num_warmup_iters=warmup_runs)
+                                                                  num_warmup_iters=1)
         torch.cuda.set_rng_state(rng, device)
 
     def fits(self, rows: Sequence[EncodedRow]) -> bool:

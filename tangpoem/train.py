@@ -299,18 +299,15 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             log(f"fused: {loop_modes.enter_context(fused_rms_norm(model))} RMSNorm layers")
         if cfg.fused_lora:
             log(f"fused: {loop_modes.enter_context(fused_lora(model))} LoRA layers")
-        graphed, graph_shape = None, None
+        graphed = None
         if cfg.cuda_graphs and start_step < total_steps:
             # the shape of the whole run, so that a resumed run replays the same graphs
             run_batches = [m for step in range(total_steps) for m in micro_batches(step_rows(dataset, cfg, step), cfg, dist_info)]
-            graph_shape = static_shape(run_batches)
-            graph_sample = next(m for m in run_batches if len(m) == graph_shape.rows)
+            shape = static_shape(run_batches)
+            sample = next(m for m in run_batches if len(m) == shape.rows)
+            graphed = GraphedLoss(model, shape, sample, tokenizer.pad_token_id, dtype, device)
+            log(f"cuda graphs: captured micro-batches of {shape.rows} rows padded to {shape.length} tokens")
         for step in range(start_step, total_steps):
-            if graph_shape is not None and graphed is None and step > start_step:
-                # Captured once one step has run eagerly: that step did the lazy set-up a capture must not
-                # contain, so the capture needs no warm-up run of its own.
-                graphed = GraphedLoss(model, graph_shape, graph_sample, tokenizer.pad_token_id, dtype, device, warmup_runs=0)
-                log(f"cuda graphs: captured micro-batches of {graph_shape.rows} rows padded to {graph_shape.length} tokens")
             rows = step_rows(dataset, cfg, step)
             # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
             # whatever the micro-batch size, accumulation or number of ranks.
