@@ -48,13 +48,13 @@ def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     lora_A, lora_B = self.lora_A[name], self.lora_B[name]
     if x.dtype != lora_A.weight.dtype and not torch.is_autocast_enabled(x.device.type):
         return type(self).forward(self, x, *args, **kwargs)  # peft casts the input; addmm would refuse mixed dtypes
-    result = self.base_layer(x)
-    hidden = lora_A(self.lora_dropout[name](x))  # the same order as peft: base, then dropout's random mask
+    rows = x.reshape(-1, x.shape[-1])
+    result = self.base_layer(rows)  # 2-D, and no view: an in-place op on a view would make autograd copy it
+    hidden = lora_A(self.lora_dropout[name](rows))  # the same order as peft: base, then dropout's random mask
     # In place: the base matmul keeps its inputs for backward, not its output, so the output may take the
     # sum (an out-of-place addmm would first copy it). Autocast skips in-place ops: cast as it would.
-    result.view(-1, result.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]).to(result.dtype),
-                                             lora_B.weight.t().to(result.dtype), alpha=self.scaling[name])
-    return result
+    result.addmm_(hidden.to(result.dtype), lora_B.weight.t().to(result.dtype), alpha=self.scaling[name])
+    return result.view(*x.shape[:-1], result.shape[-1])
 
 
 @contextlib.contextmanager

@@ -102,3 +102,20 @@ def test_fused_lora_needs_dense_base_layers():
         Config(fused_lora=True)
     Config(fused_lora=True, load_in_4bit=False)
     Config(fused_lora=True, dequantize_base=True, kbit_fp32_upcast=False)
+
+
+def test_fused_lora_adds_in_place_without_a_copy(tiny_lora):
+    """The LoRA sum lands in the base output itself (AddmmBackward), not through a view that autograd
+    would have to copy back (CopySlices)."""
+    model, ids = tiny_lora
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 7, layer.in_features, requires_grad=True)
+    with fused_lora(model):
+        out = layer(x)
+    names, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    assert "AddmmBackward0" in names and not any(name.startswith("CopySlices") for name in names), names
