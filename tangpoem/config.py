@@ -63,7 +63,7 @@ class Config:
     kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
     dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
     compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling
-    fused_rms_norm: bool = False  # training: each RMSNorm as one kernel (torch.nn.functional.rms_norm), not ~8
+    fused_rms_norm: bool = False  # training: each RMSNorm forward as one kernel (torch.nn.functional.rms_norm), not ~8
     fused_lora: bool = False  # training: LoRA's scale and add folded into its B matmul (addmm); dense base layers only
     # --- generation ---
     checkpoint_index: int = -1  # which checkpoint to generate with (the homework's pick-by-index; -1 = last)

@@ -4,7 +4,8 @@ Once CUDA graphs remove the CPU's launch cost, a LoRA step of a 7B model waits o
 element-wise kernels, each reading and writing a (tokens x hidden) tensor. Two sources of them have
 a fused op in PyTorch itself (no compiling, no extra package):
 - transformers' Llama/Mistral RMSNorm is about eight kernels forward (casts to fp32 and back, pow, mean,
-  rsqrt, two muls) and more backward; `torch.nn.functional.rms_norm` is one kernel each way on CUDA.
+  rsqrt, two muls) and more backward; `torch.nn.functional.rms_norm` is one fused kernel forward on CUDA
+  (and fused ones backward).
 - peft's LoRA adds `lora_B(h) * scaling` to the base output: a matmul, a mul and an add forward, and a
   mul of the full gradient backward. `result.addmm_(h, B.T, alpha=scaling)` is one matmul whose epilogue
   does the scale and the add; backward, the scale falls on the rank-r tensors only.
@@ -15,6 +16,7 @@ loop modes, like `attention.varlen_attention`: entered for training, left before
 from __future__ import annotations
 
 import contextlib
+import inspect
 import types
 from typing import Any, Iterator
 
@@ -22,8 +24,11 @@ import torch
 
 
 def _is_rms_norm(module: torch.nn.Module) -> bool:
-    # Llama-family norms (MistralRMSNorm, LlamaRMSNorm, ...): a weight and an epsilon, no bias
-    return type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and hasattr(module, "weight")
+    """A Llama-family norm (MistralRMSNorm, LlamaRMSNorm, ...): a weight, an epsilon and forward(hidden_states)
+    only (gated or grouped variants take more arguments, and compute something else)."""
+    cls = type(module)
+    return (cls.__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and hasattr(module, "weight")
+            and list(inspect.signature(cls.forward).parameters) == ["self", "hidden_states"])
 
 
 def rms_norm_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -38,13 +43,14 @@ def rms_norm_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torc
 
 def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """peft's forward of a LoRA Linear with one plain adapter, the scale and the add folded into the
-    B matmul; any other case (merged, disabled, several adapters, DoRA, extra arguments) goes to peft."""
+    B matmul; any other case (merged, disabled, several adapters, DoRA, a LoRA bias, extra arguments)
+    goes to peft."""
     adapters = self.active_adapters
     if args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1:
         return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
-    if name not in self.lora_A or name in self.lora_variant:
-        return type(self).forward(self, x, *args, **kwargs)
+    if name not in self.lora_A or name in self.lora_variant or self.lora_B[name].bias is not None:
+        return type(self).forward(self, x, *args, **kwargs)  # DoRA and other variants, LoRA biases: peft's
     lora_A, lora_B = self.lora_A[name], self.lora_B[name]
     if x.dtype != lora_A.weight.dtype and not torch.is_autocast_enabled(x.device.type):
         return type(self).forward(self, x, *args, **kwargs)  # peft casts the input; addmm would refuse mixed dtypes
@@ -59,22 +65,25 @@ def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
 
 @contextlib.contextmanager
 def _instance_forwards(modules: list[torch.nn.Module], forward: Any) -> Iterator[int]:
-    for module in modules:
+    # A module whose forward is already set on the instance (accelerate's device hooks, an enclosing block
+    # of this kind) keeps it: replacing it would bypass the hook, and restoring would undo the outer block.
+    patched = [m for m in modules if "forward" not in m.__dict__]
+    for module in patched:
         module.forward = types.MethodType(forward, module)
     try:
-        yield len(modules)
+        yield len(patched)
     finally:
-        for module in modules:
+        for module in patched:
             del module.forward  # the class's forward again
 
 
 def fused_rms_norm(model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
-    """Within the block every RMSNorm of `model` runs `rms_norm_forward`; yields how many there are."""
+    """Within the block every RMSNorm of `model` runs `rms_norm_forward`; yields how many were switched."""
     return _instance_forwards([m for m in model.modules() if _is_rms_norm(m)], rms_norm_forward)
 
 
 def fused_lora(model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
-    """Within the block every peft LoRA Linear of `model` runs `lora_forward`; yields how many there are."""
+    """Within the block every peft LoRA Linear of `model` runs `lora_forward`; yields how many were switched."""
     from peft.tuners.lora import Linear
 
     return _instance_forwards([m for m in model.modules() if type(m) is Linear], lora_forward)

@@ -81,8 +81,8 @@ class GraphedLoss:
         rng = torch.cuda.get_rng_state(device)  # the capture's warm-up runs must not move the dropout masks
         # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False.
         # One warm-up run on the capture's side stream does the lazy set-up a capture must not contain
-        # (an eager step on the default stream does not: its capture then fails); torch's default of 3
-        # is for DDP, which this refuses.
+        # (an eager step on the default stream does not: its capture then fails); torch's default is 3,
+        # and each costs an eager forward and backward.
         with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
             self.graphed: Any = torch.cuda.make_graphed_callables(PackedLoss(model, shape.length), self.inputs(sample_rows),
                                                                   num_warmup_iters=1)

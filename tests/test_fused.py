@@ -119,3 +119,47 @@ def test_fused_lora_adds_in_place_without_a_copy(tiny_lora):
             names.add(type(node).__name__)
             stack.extend(next_node for next_node, _ in node.next_functions)
     assert "AddmmBackward0" in names and not any(name.startswith("CopySlices") for name in names), names
+
+
+def test_fused_lora_leaves_a_lora_bias_to_peft():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 6)), LoraConfig(r=2, target_modules=["0"], lora_bias=True))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    model.eval()
+    x = torch.randn(3, 8)
+    with fused_lora(model) as count:
+        fused = model(x)
+    assert count == 1 and torch.equal(fused, model(x))
+
+
+def test_fused_modes_nest_and_keep_forwards_set_on_the_instance(tiny_lora):
+    """An enclosing block's patch, or a hook's instance forward (accelerate's), is neither replaced nor
+    removed by a block inside it; each block removes only what it set."""
+    model, ids = tiny_lora
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    hooked = norms[0]
+    hooked.forward = hook = lambda hidden_states: type(hooked).forward(hooked, hidden_states)  # noqa: E731
+    with fused_rms_norm(model) as outer:
+        assert outer == len(norms) - 1 and hooked.forward is hook
+        with fused_rms_norm(model) as inner:
+            assert inner == 0
+        assert all("forward" in m.__dict__ for m in norms)  # the outer block's patches survive the inner exit
+    assert hooked.forward is hook and not any("forward" in m.__dict__ for m in norms[1:])
+
+
+def test_fused_rms_norm_leaves_other_norms_alone():
+    class GatedRMSNorm(torch.nn.Module):  # a weight and an epsilon, but another computation (and argument)
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight, self.variance_epsilon = torch.nn.Parameter(torch.ones(4)), 1e-6
+
+        def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+            return hidden_states if gate is None else hidden_states * gate
+
+    with fused_rms_norm(torch.nn.Sequential(GatedRMSNorm())) as count:
+        assert count == 0

@@ -177,9 +177,11 @@ def test_compiled_decoder_layers_give_the_same_training(tiny_config):
     assert all(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
 
 
-def test_fused_modes_give_the_same_training(tiny_config):
-    """fused_rms_norm and fused_lora (with LoRA dropout on: the masks are drawn in the same order)."""
-    common = {**SMALL, "max_steps": 3, "padding_free": True}
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fused_modes_give_the_same_training(tiny_config, checkpointing):
+    """fused_rms_norm and fused_lora (with LoRA dropout on: the masks are drawn in the same order), also
+    under gradient checkpointing, which runs the patched forwards again in backward (the T4 configs)."""
+    common = {**SMALL, "max_steps": 3, "padding_free": True, "gradient_checkpointing": checkpointing}
     _assert_same_training(tiny_config, common, {"fused_rms_norm": True, "fused_lora": True})
 
 
