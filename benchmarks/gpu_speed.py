@@ -324,7 +324,7 @@ def main() -> None:
     if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
         figures["levers"] = {}
         before = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
-                  "varlen_attention": False, "cuda_graphs": False}
+                  "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False}
         train_variants = {
             "packed, bf16 norms, answer logits (the previous breeze-h100)": before,
             "+ dequantized base": {**before, "dequantize_base": True},
@@ -347,7 +347,7 @@ def main() -> None:
             "+ fused LoRA": {**graphed, "fused_lora": True},
             "+ fused RMSNorm + fused LoRA": {**graphed, "fused_rms_norm": True, "fused_lora": True},
         }
-        t4_variants = {  # breeze-colab-t4 (fp16 as on a T4, packed rows, answer logits only); 16 steps each (scaled)
+        t4_variants = {  # breeze-colab-t4 (fp16 as on a T4, packed rows, answer logits only, norms unfused); 16 steps each (scaled)
             "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
             "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
             "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
@@ -365,16 +365,23 @@ def main() -> None:
             runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
         for label, overrides in fused_variants.items() if "fused" in chosen else ():
             runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
-        t4_fused = {  # breeze-colab-t4 as it is, and with the fused RMSNorm (fp16 norms); 16 steps each (scaled)
-            "T4 profile as configured": {},
+        t4_fused = {  # breeze-colab-t4 (fp16 norms) without and with the fused RMSNorm; 16 steps each (scaled)
+            "T4 profile, no fused RMSNorm": {"fused_rms_norm": False},
             "T4 profile + fused RMSNorm": {"fused_rms_norm": True},
         }
         for label, overrides in t4_fused.items() if "t4fused" in chosen else ():
             runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,
                                                                 "save_steps": 1000, **overrides, "output_dir": out(label)})))
         for label, overrides in t4_variants.items() if "t4" in chosen else ():
-            runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,
-                                                                "save_steps": 1000, **overrides, "output_dir": out(label)})))
+            runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16, "save_steps": 1000,
+                                                                "fused_rms_norm": False, **overrides, "output_dir": out(label)})))
+        # a lever compared with itself measures nothing: every variant must differ from the others in some key
+        seen: dict[str, str] = {}
+        for label, cfg in runs:
+            key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "output_dir"}, sort_keys=True)
+            if key in seen:
+                raise SystemExit(f"--levers: variant {label!r} has the same config as {seen[key]!r}")
+            seen[key] = label
         for label, cfg in runs:
 
             def lever(cfg=cfg) -> dict[str, Any]:
