@@ -295,10 +295,12 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             # cast of each LoRA input to the adapters' fp32 only adds copies: the matmuls see the same values
             # (dropout rounds once either way; only its random mask may be drawn in another order).
             loop_modes.enter_context(disable_input_dtype_casting(model))
-        if cfg.fused_rms_norm:
-            log(f"fused: {loop_modes.enter_context(fused_rms_norm(model))} RMSNorm layers")
-        if cfg.fused_lora:
-            log(f"fused: {loop_modes.enter_context(fused_lora(model))} LoRA layers")
+        for key, mode, what in (("fused_rms_norm", fused_rms_norm, "RMSNorm layers of forward(hidden_states)"),
+                                ("fused_lora", fused_lora, "peft LoRA Linear layers")):
+            if getattr(cfg, key):
+                if not (count := loop_modes.enter_context(mode(model))):
+                    raise InputError(f"config key '{key}' = True: this model has no {what} to fuse; set it to false")
+                log(f"fused: {count} {what}")
         graphed = None
         if cfg.cuda_graphs and start_step < total_steps:
             # the shape of the whole run, so that a resumed run replays the same graphs

@@ -163,3 +163,12 @@ def test_fused_rms_norm_leaves_other_norms_alone():
 
     with fused_rms_norm(torch.nn.Sequential(GatedRMSNorm())) as count:
         assert count == 0
+
+
+def test_a_fused_mode_with_nothing_to_fuse_is_a_config_error(tiny_config, monkeypatch):
+    import tangpoem.fused as fused
+    from tangpoem.train import train
+
+    monkeypatch.setattr(fused, "_is_rms_norm", lambda module: False)  # as for a model whose norms are of another kind
+    with pytest.raises(InputError, match="fused_rms_norm.*no RMSNorm layers"):
+        train(tiny_config(max_steps=1, fused_rms_norm=True))
