@@ -80,7 +80,7 @@ class GraphedLoss:
         self.shape, self.pad_token_id, self.device = shape, pad_token_id, device
         rng = torch.cuda.get_rng_state(device)  # the capture's warm-up runs must not move the dropout masks
         # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False.
-        # One warm-up run on the capture's side stream does the lazy set-up a capture must not contain
+        # One warm-up run on a side stream does the lazy set-up a capture must not contain
         # (an eager step on the default stream does not: its capture then fails); torch's default is 3,
         # and each costs an eager forward and backward.
         with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
