@@ -24,7 +24,7 @@ from tangpoem.data import load_train_rows
 from tangpoem.forms import count_accuracy, form_mix, majority_count_by_length, poem_form
 from tangpoem.generate import generate, load_for_generation
 from tangpoem.grade import grade_predictions
-from tangpoem.grade.normalize import split_verses, strip_punctuation
+from tangpoem.grade.grading import prosody_verses
 from tangpoem.grade.prosody import continuation_pingze
 from tangpoem.io import atomic_write_json
 from tangpoem.train import list_checkpoints, train
@@ -43,8 +43,7 @@ def score(rows, gt, predictions) -> dict[str, float]:
     # continuation_pingze: the model's own verses only, summed over all their checked positions.
     fit = known = 0
     for p in graded.poems:
-        couplet = [v for v in (strip_punctuation(v) for v in split_verses(p.input)) if v]
-        poem_fit, poem_known = continuation_pingze(couplet, [v for v in (strip_punctuation(v) for v in p.verses) if v])
+        poem_fit, poem_known = continuation_pingze(*prosody_verses(p.input, p.verses))
         fit, known = fit + poem_fit, known + poem_known
     return {
         "form_accuracy": sum(form_ok) / len(form_ok),

@@ -59,9 +59,9 @@ load_in_4bit = True  # NF4 on a CUDA GPU; off on CPU'''
 
 def config_cell(knobs: list[str], for_machine: bool = False) -> str:
     """The cell after the parameters: knob=knob pairs, four to a line."""
-    pairs = [f"{k}={k}" for k in knobs] + ["output_dir=notebook.on_drive(output_dir, mount_drive)"]
+    pairs = [f"{k}={k}" for k in knobs] + ["output_dir=output_dir"]
     lines = ["    " + ", ".join(pairs[i : i + 4]) + "," for i in range(0, len(pairs), 4)]
-    build = "notebook.config_from_parameters(config_file, dict(\n" + "\n".join(lines) + "\n))"
+    build = "notebook.config_from_parameters(config_file, dict(\n" + "\n".join(lines) + "\n), mount_drive)"
     if for_machine:
         return f"from tangpoem import notebook, plots\n\ncfg = notebook.for_this_machine({build})\nprint(cfg.model_name_or_path, '->', cfg.output_dir)"
     return f"from tangpoem import notebook, plots\n\ncfg = {build}\nprint(cfg.model_name_or_path, '->', cfg.output_dir)"

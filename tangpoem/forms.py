@@ -16,7 +16,8 @@ Form = tuple[int, int]  # (characters per verse, verses in the whole poem)
 
 
 def poem_form(text: str) -> Form:
-    """(length of the first verse, number of verses) of a poem, its verses split as the grader splits them."""
+    """(length of the first verse, number of verses) of a poem, its verses split at the grader's verse
+    marks (the raw text, not normalised: for the course's clean poems the same counts)."""
     verses = split_verses(text)
     return (len(verses[0]) if verses else 0, len(verses))
 

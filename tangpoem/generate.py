@@ -22,7 +22,8 @@ DEMO_COUPLETS = ("相見時難別亦難，東風無力百花殘。", "重帷深�
 def generation_config(cfg: Config, tokenizer: Any) -> Any:
     """The homework's decoding (sampling, temperature 0.1, top_p 0.3, no_repeat_ngram_size 3) plus top_k,
     as transformers' GenerationConfig. `generate` below applies the same semantics through
-    `decoding.logits_processors` instead, which bans n-grams on the device."""
+    `decoding.logits_processors` instead, which bans n-grams on the device (and, with
+    `stop_by_probability`, adds a stop rule this config does not have)."""
     from transformers import GenerationConfig
 
     sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k) if cfg.do_sample else {}

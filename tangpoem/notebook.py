@@ -29,13 +29,15 @@ DRIVE_ROOT = "/content/drive/MyDrive/tangpoem"
 
 # ----------------------------------------------------------------------------- parameters and environment
 
-def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any]) -> Config:
+def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any], mount_drive: bool = False) -> Config:
     """The notebook's Config: the config file (None = the homework's defaults), then the knobs a user
     changed. A knob still at its default (the parameters cell shows the defaults) leaves the file's
-    value, so `config_file = "nano-cpu"` alone gives nano, not Breeze with nano's other settings."""
+    value, so `config_file = "nano-cpu"` alone gives nano, not Breeze with nano's other settings.
+    Then `on_drive` moves the resulting output_dir (in Colab, with `mount_drive`)."""
     defaults = Config().to_dict()
     changed = {k: v for k, v in knobs.items() if config_file is None or k not in defaults or v != defaults[k]}
-    return load_config(config_file, changed)
+    cfg = load_config(config_file, changed)
+    return dataclasses.replace(cfg, output_dir=on_drive(cfg.output_dir, mount_drive))
 
 
 def in_colab() -> bool:
@@ -331,7 +333,7 @@ def grades_table(result: Any) -> Table:
     from tangpoem.grade.grading import poem_scores
 
     rows = [[p.index, p.input, p.prediction[:24] + ("…" if len(p.prediction) > 24 else ""),
-             *(fmt(poem_scores(p)[k]) for _, k in SCORE_COLUMNS)] for p in result.poems]
+             *(fmt(scores[k]) for _, k in SCORE_COLUMNS)] for p in result.poems for scores in [poem_scores(p)]]
     rows.append(["mean", "", "", *(fmt(result.mean[k]) for _, k in SCORE_COLUMNS)])
     return Table(["#", "couplet 上聯", "prediction 預測", *(name for name, _ in SCORE_COLUMNS)], rows)
 

@@ -7,6 +7,7 @@ import torch
 
 import tangpoem.attention as attention
 from tangpoem.data import load_train_rows
+from tangpoem.errors import InputError
 from tangpoem.graphs import PackedLoss, static_batch, static_shape
 from tangpoem.model import load_tokenizer
 from tangpoem.tiny import build_model
@@ -62,3 +63,21 @@ def test_own_gradients_never_lets_a_replay_buffer_become_a_grad():
     present.grad = kept = torch.full((2,), 5.0)
     GraphedLoss.own_gradients([missing, present])
     assert torch.equal(missing.grad, torch.zeros(3)) and present.grad is kept
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_work(tiny_config, monkeypatch):
+    """Config rules (the captured loss is varlen's with answer-only logits; no compile, no checkpointing),
+    then DDP: its gradient hooks would not be captured."""
+    import tangpoem.train as train_module
+
+    layout = {"padding_free": True, "answer_logits_only": True, "varlen_attention": True}
+    with pytest.raises(InputError, match="cuda_graphs.*needs varlen_attention=true and answer_logits_only=true"):
+        tiny_config(cuda_graphs=True, padding_free=True, answer_logits_only=True)
+    with pytest.raises(InputError, match="cuda_graphs.*needs compile=false and gradient_checkpointing=false"):
+        tiny_config(cuda_graphs=True, gradient_checkpointing=True, **layout)
+    with pytest.raises(InputError, match="cuda_graphs.*needs compile=false"):
+        tiny_config(cuda_graphs=True, compile=True, **layout)
+    monkeypatch.setattr(train_module, "setup_distributed", lambda: train_module.Distributed(rank=0, world_size=2))
+    monkeypatch.setattr(train_module, "check_varlen_device", lambda device: None)
+    with pytest.raises(InputError, match="cuda_graphs' = True: one GPU only"):
+        train_module.train(tiny_config(cuda_graphs=True, max_steps=1, **layout))

@@ -110,3 +110,15 @@ def test_lora_inputs_need_no_fp32_cast_under_autocast(tiny_config):
     assert all(g.abs().sum() > 0 for g in cast_grads)
     assert torch.equal(cast_loss, plain_loss)
     assert all(torch.equal(a, b) for a, b in zip(cast_grads, plain_grads))
+
+
+def test_cjk_alone_tokenizer_gives_one_token_per_chinese_character():
+    """The GPU benchmark's stand-in for Breeze's tokenizer: every Chinese character (and full-width mark) alone,
+    BOS first; the plain tokenizer trained on the same text merges characters."""
+    line = "春眠不覺曉，處處聞啼鳥。"
+    texts = (line,) * 50 + ("the prompt in English",) * 50
+    alone = tiny.build_tokenizer(300, texts=texts, cjk_alone=True)
+    ids = alone(line).input_ids
+    assert ids[0] == alone.bos_token_id and len(ids) == 1 + len(line)
+    assert alone.convert_ids_to_tokens(ids[1:]) == ["▁春", *line[1:]] and alone.decode(ids[1:]) == line
+    assert len(tiny.build_tokenizer(300, texts=texts)(line).input_ids) < 1 + len(line)

@@ -97,3 +97,19 @@ def test_prepare_data_never_replaces_files_that_are_there(tmp_path, course_dir):
     with pytest.raises(InputError, match="record 0: expected an object"):
         notebook.prepare_data(str(tmp_path))
     assert (tmp_path / "Tang_testing_data.json").read_text(encoding="utf-8") == "[1]"
+
+
+def test_on_drive_moves_the_configs_own_output_dir_in_colab(monkeypatch):
+    """In Colab with mount_drive, the config file's output_dir (not the parameters cell's default) moves to Drive."""
+    import sys
+    import types
+
+    mounted = []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    shipped = {"model_name_or_path": Config().model_name_or_path, "output_dir": Config().output_dir}
+    cfg = notebook.config_from_parameters("nano-cpu", shipped, mount_drive=True)
+    assert cfg.output_dir == f"{notebook.DRIVE_ROOT}/outputs/nano" and mounted == ["/content/drive"]
+    assert notebook.config_from_parameters("nano-cpu", shipped, mount_drive=False).output_dir == "outputs/nano"

@@ -105,6 +105,14 @@ def poem_scores(poem: PoemResult) -> dict[str, float | None]:
     return row
 
 
+def prosody_verses(couplet: str, predicted_verses: list[str]) -> tuple[list[str], list[str]]:
+    """(couplet verses, predicted verses) as the prosody checks read them: punctuation gone, no empty verses."""
+    def clean(verses: list[str]) -> list[str]:
+        return [v for v in (strip_punctuation(v) for v in verses) if v]
+
+    return clean(split_verses(couplet)), clean(predicted_verses)
+
+
 def grade_poem(test: TestPoem, answer: ParsedPoem | None) -> PoemResult:
     """Score one answer (None = missing, scored as an empty prediction)."""
     notes = list(answer.notes) if answer else [f"poem {test.index} missing from the file; scored 0"]
@@ -118,8 +126,6 @@ def grade_poem(test: TestPoem, answer: ParsedPoem | None) -> PoemResult:
     if extra > 0:
         notes.append(f"{extra} verse{'s' if extra > 1 else ''} past the GT's {len(gt_normalized)}: "
                      "not scored for content, counted by the form checks")
-    couplet = [v for v in (strip_punctuation(v) for v in split_verses(test.input)) if v]
-    predicted = [v for v in (strip_punctuation(v) for v in raw_verses) if v]
     return PoemResult(
         index=test.index,
         input=test.input,
@@ -131,7 +137,7 @@ def grade_poem(test: TestPoem, answer: ParsedPoem | None) -> PoemResult:
         normalized=content_scores(normalized_verses, gt_normalized),
         raw=content_scores(raw_verses, list(test.gt_verses)),
         form=form_scores(normalized_verses, gt_normalized),
-        prosody=prosody_scores(couplet, predicted),
+        prosody=prosody_scores(*prosody_verses(test.input, raw_verses)),
         notes=notes,
     )
 
