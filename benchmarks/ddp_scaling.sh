@@ -5,7 +5,7 @@
 #   bash benchmarks/ddp_scaling.sh DATA_DIR N
 set -euo pipefail
 data_dir=$1; n=${2:-2}
-python3 benchmarks/gpu_speed.py --data-dir "$data_dir" --build-only --results-dir /tmp/gpu-speed-results
+python3 benchmarks/gpu_speed.py --data-dir "$data_dir" --build-only
 python3 benchmarks/ddp_train.py /tmp/gpu-speed/breeze-shape "$data_dir" /tmp/ddp-1 2>&1 | tr '\r' '\n' | grep -E "^train: [0-9]+ steps"
 torchrun --standalone --nproc_per_node "$n" benchmarks/ddp_train.py /tmp/gpu-speed/breeze-shape "$data_dir" "/tmp/ddp-$n" \
   2>&1 | tr '\r' '\n' | grep -E "^train: [0-9]+ steps"

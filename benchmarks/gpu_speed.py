@@ -123,7 +123,8 @@ def trl_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: int, ou
 
     rows = load_train_rows(cfg.data_dir, 1040)
     dataset = Dataset.from_list([{"prompt": course_prompt(r.instruction, r.input), "completion": r.output} for r in rows])
-    # precision is TRL's default too (bf16 where the GPU has it): the model is bf16, as a careful user loads it
+    # precision is TRL's default too (bf16 where the GPU has it), on a fresh NF4 base with bf16 norms, as a
+    # careful user loads it (TRL does not run peft's k-bit preparation)
     args = SFTConfig(output_dir=str(out), max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True,
                      **{**HOMEWORK_ARGS, **overrides})
     trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(cfg))
@@ -140,8 +141,7 @@ def homework_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, prompt
     from tangpoem.tokens import encode_prompt
 
     rows = load_test_rows(cfg.data_dir)[:prompts]
-    gen_config = generation_config(cfg, tokenizer)
-    gen_config.min_new_tokens = cfg.max_new_tokens  # random weights never stop: force the length
+    gen_config = generation_config(cfg, tokenizer)  # cfg forces the length (min_new_tokens): random weights never stop
     model.eval()
 
     def run() -> None:
@@ -173,12 +173,12 @@ class StepClock:
                 "steady_epoch_s": steady * steps_per_epoch}
 
 
-def tangpoem_training(cfg: Any, base: torch.nn.Module | None = None) -> tuple[dict[str, Any], Any]:
-    """tangpoem's own loop on `cfg`; loads (and, with dequantize_base, dequantizes) its own base unless given one."""
+def tangpoem_training(cfg: Any) -> tuple[dict[str, Any], Any]:
+    """tangpoem's own loop on `cfg`, on its own base (loaded, and with dequantize_base dequantized)."""
     from tangpoem.train import train
 
     clock = StepClock()
-    result, seconds, peak = timed(lambda: train(cfg, on_step_end=[clock], base_model=base))
+    result, seconds, peak = timed(lambda: train(cfg, on_step_end=[clock]))
     epoch = {k: v for k, v in epoch_figure(len(result.history), result.seconds, peak).items() if k.startswith("epoch_")}
     figure = {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak, "steps": len(result.history),
               "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **epoch,
@@ -235,6 +235,70 @@ def profiled_training(cfg: Any, active: int = 3, wait: int = 4) -> dict[str, Any
     }
 
 
+# The main run's stages, in order (--stages picks some).
+STAGES = ("train_homework", "train_trl", "t4_profile", "train_tangpoem", "generate_homework", "generate_tangpoem")
+
+# Lever groups: (config file, overrides shared by the group, {label: overrides of one variant}). Each
+# variant trains on its own fresh NF4 base; the groups compare each lever on and off in one run.
+BEFORE = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
+          "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False}
+DEQUANTIZED = {**BEFORE, "dequantize_base": True}
+GRAPHED = {**DEQUANTIZED, "varlen_attention": True, "cuda_graphs": True}
+T4_SHORT = {"compute_dtype": "float16", "max_steps": 16, "save_steps": 1000}  # fp16 as on a T4; 16 steps, scaled
+LEVER_GROUPS: dict[str, tuple[str, dict[str, Any], dict[str, dict[str, Any]]]] = {
+    "train": ("breeze-h100", {}, {
+        "packed, bf16 norms, answer logits (the previous breeze-h100)": BEFORE,
+        "+ dequantized base": DEQUANTIZED,
+        "+ compiled layers": {**BEFORE, "compile": True},
+        "+ dequantized base + compiled layers": {**DEQUANTIZED, "compile": True},
+    }),
+    # CPU-overhead levers on the dequantized base (an eager step waits on the CPU launching kernels)
+    "overhead": ("breeze-h100", {}, {
+        "dequantized base, sdpa attention (the previous breeze-h100)": DEQUANTIZED,
+        "+ varlen attention": {**DEQUANTIZED, "varlen_attention": True},
+        "+ varlen attention + CUDA graphs": GRAPHED,
+        "+ varlen attention + compiled layers": {**DEQUANTIZED, "varlen_attention": True, "compile": True},
+    }),
+    # element-wise work fused into ops PyTorch has, on breeze-h100's layout (varlen attention, CUDA graphs)
+    "fused": ("breeze-h100", {}, {
+        "varlen attention + CUDA graphs, no fused ops": GRAPHED,
+        "+ fused RMSNorm": {**GRAPHED, "fused_rms_norm": True},
+        "+ fused LoRA": {**GRAPHED, "fused_lora": True},
+        "+ fused RMSNorm + fused LoRA": {**GRAPHED, "fused_rms_norm": True, "fused_lora": True},
+    }),
+    # breeze-colab-t4's layout (packed rows, answer logits only), norms unfused
+    "t4": ("breeze-colab-t4", {**T4_SHORT, "fused_rms_norm": False}, {
+        "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
+        "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
+        "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
+        "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
+        "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False, "kbit_fp32_upcast": True},
+    }),
+    # breeze-colab-t4 (fp16 norms) without and with the fused RMSNorm
+    "t4fused": ("breeze-colab-t4", T4_SHORT, {
+        "T4 profile, no fused RMSNorm": {"fused_rms_norm": False},
+        "T4 profile + fused RMSNorm": {"fused_rms_norm": True},
+    }),
+}
+
+
+def lever_runs(groups: list[str], shape: dict[str, Any], work: Path) -> list[tuple[str, Any]]:
+    """(label, config) of every variant of `groups`. Within a group no two variants may share a config:
+    a lever compared with itself measures nothing (the groups may share one, e.g. a baseline)."""
+    runs = []
+    for group in groups:
+        config_name, common, variants = LEVER_GROUPS[group]
+        seen: dict[str, str] = {}
+        for label, overrides in variants.items():
+            cfg = load_config(config_name, {**shape, **common, **overrides, "output_dir": str(work / re.sub(r"\W+", "-", label))})
+            key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "output_dir"}, sort_keys=True)
+            if key in seen:
+                raise SystemExit(f"--levers {group}: variant {label!r} has the same config as {seen[key]!r}")
+            seen[key] = label
+            runs.append((label, cfg))
+    return runs
+
+
 def release() -> None:
     import gc
 
@@ -253,16 +317,24 @@ def main() -> None:
     parser.add_argument("--baseline-prompts", type=int, default=15)
     parser.add_argument("--t4-steps", type=int, default=65)
     parser.add_argument("--levers", default="",
-                        help="only tangpoem's recipes, each lever on and off: any of train,overhead,fused,t4,t4fused,generate")
+                        help=f"only tangpoem's recipes, each lever on and off: any of {','.join([*LEVER_GROUPS, 'generate'])}")
     parser.add_argument("--stages", default="", help="only these stages of the main run (comma-separated keys), e.g. train_trl,train_tangpoem")
     parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
     parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="with --profile: config keys to change from breeze-h100")
     args = parser.parse_args()
-    chosen = set(filter(None, args.levers.split(",")))
-    if unknown := chosen - {"train", "overhead", "fused", "t4", "t4fused", "generate"}:
+    chosen = [g for g in args.levers.split(",") if g]
+    if unknown := set(chosen) - {*LEVER_GROUPS, "generate"}:
         parser.error(f"--levers: unknown group(s) {', '.join(sorted(unknown))}")
+    if unknown := {s for s in args.stages.split(",") if s} - set(STAGES):
+        parser.error(f"--stages: unknown stage(s) {', '.join(sorted(unknown))}; stages: {', '.join(STAGES)}")
+    if args.overrides and not args.profile:
+        parser.error("--set goes with --profile")
+    ckpt = args.work / "breeze-shape"
+    # random weights never stop: min_new_tokens forces every poem to 128 new tokens
+    shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
+    runs = lever_runs([g for g in chosen if g in LEVER_GROUPS], shape, args.work)  # refused here, before the checkpoint
 
     import bitsandbytes
     import peft
@@ -301,14 +373,12 @@ def main() -> None:
         finally:
             atomic_write_json(out_file, results)
 
-    ckpt = args.work / "breeze-shape"
     shutil.rmtree(args.work, ignore_errors=True)
     tokenizer = stand_in_tokenizer(args.data_dir)
     figures["parameters"], figures["build_seconds"], _ = timed(lambda: build_checkpoint(ckpt, tokenizer))
     if args.build_only:
         print(f"wrote {ckpt}")
         return
-    shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
     fast = load_config("breeze-h100", {**shape, "output_dir": str(args.work / "b")})
     tokenizer = load_tokenizer(fast)
     results["config_breeze_h100"] = fast.to_dict()
@@ -323,65 +393,6 @@ def main() -> None:
 
     if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
         figures["levers"] = {}
-        before = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
-                  "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False}
-        train_variants = {
-            "packed, bf16 norms, answer logits (the previous breeze-h100)": before,
-            "+ dequantized base": {**before, "dequantize_base": True},
-            "+ compiled layers": {**before, "compile": True},
-            "+ dequantized base + compiled layers": {**before, "dequantize_base": True, "compile": True},
-        }
-        # CPU-overhead levers on the dequantized base (an eager step waits on the CPU launching kernels)
-        dequantized = {**before, "dequantize_base": True}
-        overhead_variants = {
-            "dequantized base, sdpa attention (the previous breeze-h100)": dequantized,
-            "+ varlen attention": {**dequantized, "varlen_attention": True},
-            "+ varlen attention + CUDA graphs": {**dequantized, "varlen_attention": True, "cuda_graphs": True},
-            "+ varlen attention + compiled layers": {**dequantized, "varlen_attention": True, "compile": True},
-        }
-        # element-wise work fused into ops PyTorch has, on breeze-h100's layout (varlen attention, CUDA graphs)
-        graphed = {**dequantized, "varlen_attention": True, "cuda_graphs": True}
-        fused_variants = {
-            "varlen attention + CUDA graphs, no fused ops": graphed,
-            "+ fused RMSNorm": {**graphed, "fused_rms_norm": True},
-            "+ fused LoRA": {**graphed, "fused_lora": True},
-            "+ fused RMSNorm + fused LoRA": {**graphed, "fused_rms_norm": True, "fused_lora": True},
-        }
-        t4_variants = {  # breeze-colab-t4 (fp16 as on a T4, packed rows, answer logits only, norms unfused); 16 steps each (scaled)
-            "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
-            "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
-            "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
-            "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
-            "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False, "kbit_fp32_upcast": True},
-        }
-
-        def out(label: str) -> str:
-            return str(args.work / re.sub(r"\W+", "-", label))
-
-        runs = []  # (label, config): each trained on its own fresh NF4 base
-        for label, overrides in train_variants.items() if "train" in chosen else ():
-            runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
-        for label, overrides in overhead_variants.items() if "overhead" in chosen else ():
-            runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
-        for label, overrides in fused_variants.items() if "fused" in chosen else ():
-            runs.append((label, load_config("breeze-h100", {**fast.to_dict(), **overrides, "output_dir": out(label)})))
-        t4_fused = {  # breeze-colab-t4 (fp16 norms) without and with the fused RMSNorm; 16 steps each (scaled)
-            "T4 profile, no fused RMSNorm": {"fused_rms_norm": False},
-            "T4 profile + fused RMSNorm": {"fused_rms_norm": True},
-        }
-        for label, overrides in t4_fused.items() if "t4fused" in chosen else ():
-            runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16,
-                                                                "save_steps": 1000, **overrides, "output_dir": out(label)})))
-        for label, overrides in t4_variants.items() if "t4" in chosen else ():
-            runs.append((label, load_config("breeze-colab-t4", {**shape, "compute_dtype": "float16", "max_steps": 16, "save_steps": 1000,
-                                                                "fused_rms_norm": False, **overrides, "output_dir": out(label)})))
-        # a lever compared with itself measures nothing: every variant must differ from the others in some key
-        seen: dict[str, str] = {}
-        for label, cfg in runs:
-            key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "output_dir"}, sort_keys=True)
-            if key in seen:
-                raise SystemExit(f"--levers: variant {label!r} has the same config as {seen[key]!r}")
-            seen[key] = label
         for label, cfg in runs:
 
             def lever(cfg=cfg) -> dict[str, Any]:
@@ -402,9 +413,19 @@ def main() -> None:
         return
 
     base, figures["load_nf4_seconds"], figures["nf4_loaded_gb"] = timed(lambda: load_base_model(fast))
-    # (a) the homework's recipe and (c) TRL on the shared NF4 base (each unloads its LoRA layers afterwards)
+    # (a) the homework's recipe on the shared NF4 base (it unloads its LoRA layers afterwards; its k-bit
+    # preparation leaves the base's norms, embeddings and lm_head in fp32, as the homework's generation had them)
     figures["train_homework"] = stage("train_homework", lambda: homework_training(base, fast, tokenizer, args.baseline_steps, args.work / "a"))
-    figures["train_trl"] = stage("train_trl", lambda: trl_training(base, fast, tokenizer, args.trl_steps, args.work / "c"))
+
+    def trl_stage() -> dict[str, Any]:  # (c) on its own base: the homework's fp32 casts are not TRL's layout
+        own_base = load_base_model(fast)
+        try:
+            return trl_training(own_base, fast, tokenizer, args.trl_steps, args.work / "c")
+        finally:
+            del own_base
+            release()
+
+    figures["train_trl"] = stage("train_trl", trl_stage)
 
     # the breeze-colab-t4 profile, as on a T4: fp16 autocast, no bf16, no compiled kernels
     t4 = load_config("breeze-colab-t4", {**shape, "output_dir": str(args.work / "t4"), "max_steps": args.t4_steps,

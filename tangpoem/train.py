@@ -201,12 +201,8 @@ class TrainResult:
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = False,
-          base_model: torch.nn.Module | None = None) -> TrainResult:
-    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are.
-
-    `base_model` reuses a base model already in memory (notebooks, benchmarks) instead of loading
-    `cfg.model_name_or_path` again; it must not carry adapters yet."""
+def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = False) -> TrainResult:
+    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are."""
     # 1. processes, seeds, device
     dist_info = setup_distributed()
     seed_everything(cfg.seed)
@@ -237,7 +233,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     latest = existing[-1] if existing else None
     if resume and latest is None:
         log(f"resume: no checkpoint in {output_dir}, starting from scratch")
-    base = base_model if base_model is not None else load_base_model(cfg, device)
+    base = load_base_model(cfg, device)
     if latest is not None:
         model = load_adapter(prepare_for_training(base, cfg), str(latest), trainable=True)
     else:
