@@ -94,7 +94,8 @@ def forms(gt: list[str], train_rows: list) -> dict:
 
 
 def verse_counts(predictions: list[str]) -> dict[str, int]:
-    """How many verses the model wrote after the couplet, e.g. {"2": 180, "6": 20}."""
+    """How many verses each raw prediction holds, e.g. {"2": 180, "6": 20} (the text as the model wrote it
+    after the couplet; the grader would first strip a repeated couplet or chat fragments)."""
     counts = Counter(poem_form(p)[1] for p in predictions)
     return {str(count): n for count, n in sorted(counts.items())}
 
@@ -137,6 +138,8 @@ def main() -> None:
         print(f"{name:<30}{before:>10.3f}{after:>10.3f}")
     import transformers, peft  # noqa: E401
 
+    course_rows = load_train_rows(cfg.data_dir)
+
     atomic_write_json(args.results, {
         "what": "tangpoem-nano on held-out poems, before vs after LoRA fine-tuning (config " + args.config + ")",
         "device": "cpu: " + platform.processor() if not torch.cuda.is_available() else torch.cuda.get_device_name(),
@@ -145,8 +148,8 @@ def main() -> None:
         "heldout_poems": len(rows), "config": cfg.to_dict(), "adapter": str(adapter),
         "pretrain": json.loads((nano.NANO_DIR / "pretrain_log.json").read_text(encoding="utf-8"))["final_val_loss"],
         "figures": figures, "verses_written": written,
-        "forms": forms(gt, load_train_rows(cfg.data_dir, cfg.num_train_data)),
-        "references": references(rows, gt, load_train_rows(cfg.data_dir), cfg.num_train_data), "timings_s": timings,
+        "forms": forms(gt, course_rows[: cfg.num_train_data]),
+        "references": references(rows, gt, course_rows, cfg.num_train_data), "timings_s": timings,
     })
     print(f"wrote {args.results}")
 
