@@ -71,6 +71,17 @@ class PackedLoss(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")  # ignores IGNORE_INDEX
 
 
+def warm_up_cublas(device: torch.device) -> None:
+    """Create cuBLAS's and cuBLASLt's handles with the products a training step uses (matmul, addmm,
+    their backward), on a side stream as a capture's, under the caller's autocast."""
+    with torch.cuda.stream(torch.cuda.Stream(device)):
+        a = torch.randn(64, 64, device=device, requires_grad=True)
+        b = torch.randn(64, 64, device=device, requires_grad=True)
+        out = torch.addmm(a @ b, a, b) + torch.nn.functional.linear(a, b, a[0])
+        torch.autograd.grad(out.float().sum(), [a, b])
+    torch.cuda.synchronize(device)
+
+
 class GraphedLoss:
     """PackedLoss captured as CUDA graphs (forward and backward) on a sample micro-batch; calling it
     with rows of the same shape replays them. Gradients reach the parameters as in eager mode."""
@@ -79,23 +90,37 @@ class GraphedLoss:
                  pad_token_id: int, dtype: torch.dtype, device: torch.device) -> None:
         self.shape, self.pad_token_id, self.device = shape, pad_token_id, device
         rng = torch.cuda.get_rng_state(device)  # the capture's warm-up runs must not move the dropout masks
-        # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False.
-        # One warm-up run on a side stream does the lazy set-up a capture must not contain
-        # (an eager step on the default stream does not: its capture then fails); torch's default is 3,
-        # and each costs an eager forward and backward.
-        with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
-            self.graphed: Any = torch.cuda.make_graphed_callables(PackedLoss(model, shape.length), self.inputs(sample_rows),
-                                                                  num_warmup_iters=1)
+        # The captured module and its graphed forward refer to each other, so only the garbage collector frees
+        # the graphs and their memory pool. A full collection scans every object of the process (a few hundred
+        # ms with torch and transformers loaded); frozen, the objects made before the capture are left out.
+        gc.freeze()
+        try:
+            # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False.
+            with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
+                # torch warms up with eager runs of the whole forward and backward (3 by default; ~0.3 s each
+                # for a 7B model), for the lazy set-up a capture must not contain. Here that set-up is cuBLAS's
+                # handles (without it the capture fails in cublasCreate), made by a few small products instead.
+                # (An eager training step does not do: its capture fails on AccumulateGrad's stream.)
+                warm_up_cublas(device)
+                self.graphed: Any = torch.cuda.make_graphed_callables(PackedLoss(model, shape.length),
+                                                                      self.inputs(sample_rows), num_warmup_iters=0)
+        except BaseException:
+            gc.unfreeze()
+            raise
         torch.cuda.set_rng_state(rng, device)
 
     def fits(self, rows: Sequence[EncodedRow]) -> bool:
         return len(rows) == self.shape.rows
 
     def inputs(self, rows: Sequence[EncodedRow]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device) for t in static_batch(rows, self.shape, self.pad_token_id))
+        """`rows` padded, on the device. The copies start from pinned memory, so the CPU queues them and
+        goes on (one from pageable memory can hold it until the device is idle): the loop prepares the next
+        step while the device still runs this one."""
+        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in static_batch(rows, self.shape, self.pad_token_id))
 
     def __call__(self, rows: Sequence[EncodedRow]) -> torch.Tensor:
         return self.graphed(*self.inputs(rows))
+
 
     @staticmethod
     def own_gradients(params: Iterable[torch.nn.Parameter]) -> None:
@@ -107,7 +132,9 @@ class GraphedLoss:
                 param.grad = torch.zeros_like(param)
 
     def release(self) -> None:
-        """Free the graphs and their memory pool (a captured module refers to itself through its
-        graphed forward, so only the garbage collector frees it)."""
+        """Free the graphs and their memory pool; the objects frozen at the capture are collected as before."""
+        if self.graphed is None:
+            return
         self.graphed = None
-        gc.collect()
+        gc.collect()  # only what was made since the capture
+        gc.unfreeze()

@@ -196,6 +196,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     model: torch.nn.Module | None = None  # the PeftModel as trained (adapters of the last step)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of the loop spent capturing graphs, saving checkpoints
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -278,6 +279,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     from tqdm.auto import tqdm
 
     model.train()
+    timings = {"capture_seconds": 0.0, "checkpoint_seconds": 0.0}  # parts of the loop's time, for benchmarks
     started = time.perf_counter()
     progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not dist_info.is_main)
     # Modes for the loop only (generation afterwards needs sdpa's masks and peft's casts):
@@ -303,8 +305,33 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             run_batches = [m for step in range(total_steps) for m in micro_batches(step_rows(dataset, cfg, step), cfg, dist_info)]
             shape = static_shape(run_batches)
             sample = next(m for m in run_batches if len(m) == shape.rows)
+            captured = time.perf_counter()
             graphed = GraphedLoss(model, shape, sample, tokenizer.pad_token_id, dtype, device)
-            log(f"cuda graphs: captured micro-batches of {shape.rows} rows padded to {shape.length} tokens")
+            loop_modes.callback(graphed.release)  # also when the loop fails or is interrupted
+            torch.cuda.synchronize(device)
+            timings["capture_seconds"] = time.perf_counter() - captured
+            log(f"cuda graphs: captured micro-batches of {shape.rows} rows padded to {shape.length} tokens "
+                f"in {timings['capture_seconds']:.1f} s")
+        timings["set_up_seconds"] = time.perf_counter() - started
+
+        # A step's loss and gradient norm are copied to the host as the step ends and read once the next step
+        # is queued, so the device runs that step while the CPU waits, logs and prepares the one after
+        # (reading at once would leave the device idle meanwhile). Log and save steps are read at once.
+        queued: list[tuple[int, torch.Tensor, float, torch.cuda.Event | None]] = []
+
+        def read_step(done: int, figures: torch.Tensor, learning_rate: float, ready: torch.cuda.Event | None) -> None:
+            if ready is not None:
+                ready.synchronize()  # this step's copy only, not the work queued after it
+            loss, grad_norm = figures.tolist()
+            record = {"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": loss,
+                      "learning_rate": learning_rate, "grad_norm": grad_norm}
+            history.append(record)
+            timings.setdefault("first_step_seconds", time.perf_counter() - started)  # graphs captured and one step run
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            for callback in on_step_end:
+                callback(done, record)
+
         for step in range(start_step, total_steps):
             rows = step_rows(dataset, cfg, step)
             # Sum of token losses / label tokens of the whole global batch: every token weighs the same,
@@ -328,6 +355,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
                         loss = forward_loss(train_model, batch, num_items, cfg.answer_logits_only) * dist_info.world_size
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach() / dist_info.world_size
+                del loss  # its autograd node would keep the captured graphs (and their memory) alive after the loop
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else torch.zeros(())
@@ -342,22 +370,26 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
             if dist_info.world_size > 1:
                 torch.distributed.all_reduce(step_loss)
             done = step + 1
-            record = {
-                "step": done,
-                "epoch": round(done / steps_per_epoch, 4),
-                "loss": step_loss.item(),
-                "learning_rate": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-            }
-            history.append(record)
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}")
-            if done % cfg.logging_steps == 0 or done == total_steps:
+            figures = torch.stack([step_loss.float(), grad_norm.to(step_loss.device, torch.float32)])
+            ready = None
+            if device.type == "cuda":
+                figures = figures.to("cpu", non_blocking=True)  # into pinned memory, valid once `ready` is reached
+                ready = torch.cuda.Event()
+                ready.record()
+            queued.append((done, figures, scheduler.get_last_lr()[0], ready))
+            logs, saves = done % cfg.logging_steps == 0 or done == total_steps, done % cfg.save_steps == 0 or done == total_steps
+            while len(queued) > (0 if logs or saves else 1):
+                read_step(*queued.pop(0))
+            if logs:
+                record = history[-1]
                 log(f"step {done}/{total_steps}  loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}")
                 if dist_info.is_main:
                     atomic_write_json(output_dir / HISTORY_FILE, history)
-            if done % cfg.save_steps == 0 or done == total_steps:
+            if saves:
                 if dist_info.is_main:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # the step's optimizer update is no part of the save's time
+                    saving = time.perf_counter()
                     state = {
                         "step": done,
                         "optimizer": optimizer.state_dict(),
@@ -368,12 +400,9 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
                         "config": cfg.to_dict(),
                     }
                     save_checkpoint(model, state, output_dir, done, cfg.save_total_limit)
+                    timings["checkpoint_seconds"] += time.perf_counter() - saving
                 if dist_info.world_size > 1:
                     torch.distributed.barrier()
-            for callback in on_step_end:
-                callback(done, record)
-        if graphed is not None:
-            graphed.release()
     progress.close()
     seconds = time.perf_counter() - started
     if dist_info.is_main:
@@ -381,4 +410,4 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     log(f"train: {total_steps - start_step} steps in {seconds:.1f} s; checkpoints in {output_dir}")
     if dist_info.world_size > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds, model)
+    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds, model, timings)

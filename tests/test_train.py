@@ -30,6 +30,20 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tiny_config):
     assert set(os.listdir(result.checkpoints[-1])) >= {ADAPTER_FILE, "adapter_config.json", "training_state.pt"}
 
 
+def test_step_callbacks_see_every_step_in_order_as_the_history_records_it(tiny_config):
+    """A step's figures are read once the next step is queued; callbacks still get each step once, in
+    order, and every checkpoint's history holds its own step."""
+    seen = []
+    result = train(tiny_config(**{**SMALL, "logging_steps": 3}), on_step_end=[lambda step, record: seen.append((step, record))])
+    assert [step for step, _ in seen] == list(range(1, 11))
+    assert [record for _, record in seen] == result.history
+    for checkpoint in result.checkpoints:
+        state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+        assert [h["step"] for h in state["history"]] == list(range(1, state["step"] + 1))
+    assert result.timings["checkpoint_seconds"] > 0 and result.timings["capture_seconds"] == 0
+    assert 0 < result.timings["set_up_seconds"] < result.timings["first_step_seconds"] < result.seconds
+
+
 def test_pick_checkpoint_by_index(tiny_config):
     cfg = tiny_config(**SMALL)
     train(cfg)
