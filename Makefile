@@ -25,6 +25,8 @@ demo: $(STAMP)
 	$(VENV)/bin/tangpoem demo
 
 test: $(STAMP)
+	@# undefined names and unused imports (pyflakes' checks) in every Python file, scripts no test runs included
+	$(PY) -m ruff check -q --select F tangpoem benchmarks tests scripts notebooks/build_notebooks.py
 	$(PY) -m pytest -q
 
 clean:

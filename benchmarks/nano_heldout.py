@@ -25,6 +25,7 @@ from tangpoem.forms import count_accuracy, form_mix, majority_count_by_length, p
 from tangpoem.generate import generate, load_for_generation
 from tangpoem.grade import grade_predictions
 from tangpoem.grade.grading import prosody_verses
+from tangpoem.grade.normalize import split_verses
 from tangpoem.grade.prosody import continuation_pingze
 from tangpoem.io import atomic_write_json
 from tangpoem.train import list_checkpoints, train

@@ -89,7 +89,7 @@ class GraphedLoss:
     def __init__(self, model: torch.nn.Module, shape: StaticShape, sample_rows: Sequence[EncodedRow],
                  pad_token_id: int, dtype: torch.dtype, device: torch.device) -> None:
         self.shape, self.pad_token_id, self.device = shape, pad_token_id, device
-        rng = torch.cuda.get_rng_state(device)  # the capture's warm-up runs must not move the dropout masks
+        rng = torch.cuda.get_rng_state(device)  # the warm-up's random inputs and the capture must not move the dropout masks
         # The captured module and its graphed forward refer to each other, so only the garbage collector frees
         # the graphs and their memory pool. A full collection scans every object of the process (a few hundred
         # ms with torch and transformers loaded); frozen, the objects made before the capture are left out.
@@ -120,7 +120,6 @@ class GraphedLoss:
 
     def __call__(self, rows: Sequence[EncodedRow]) -> torch.Tensor:
         return self.graphed(*self.inputs(rows))
-
 
     @staticmethod
     def own_gradients(params: Iterable[torch.nn.Parameter]) -> None:

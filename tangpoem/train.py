@@ -196,7 +196,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     model: torch.nn.Module | None = None  # the PeftModel as trained (adapters of the last step)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds of the loop spent capturing graphs, saving checkpoints
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: set-up and capture, first step, checkpoint writes
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
