@@ -216,15 +216,18 @@ def profiled_training(cfg: Any, active: int = 3, wait: int = 4) -> dict[str, Any
 
     from tangpoem.train import train
 
-    # one step more than profiled: the last step saves a checkpoint, which is no training step's cost
-    cfg = load_config(None, {**cfg.to_dict(), "max_steps": wait + 1 + active + 1, "save_steps": 1000})
+    # one step more than profiled: the last step saves a checkpoint, which is no training step's cost.
+    # logging_steps 1: each step is read, and the profiler stepped, as it ends (not once the next step runs,
+    # which would let the window cut through a step in flight)
+    cfg = load_config(None, {**cfg.to_dict(), "max_steps": wait + 1 + active + 1, "save_steps": 1000, "logging_steps": 1})
     clock = StepClock()
     profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(wait=wait, warmup=1, active=active))
     with profiler:
         train(cfg, on_step_end=[clock, lambda step, record: profiler.step()])
     averages = profiler.key_averages()
     per_step = lambda microseconds: microseconds / active / 1000  # noqa: E731  (ms a step)
-    kernels = [e for e in averages if e.device_type == DeviceType.CUDA]  # kernels and copies (operators hold their time too)
+    # kernels and copies (operators hold their time too; the ProfilerStep annotation is no kernel)
+    kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep")]
     calls = [e for e in averages if e.device_type == DeviceType.CPU and not e.key.startswith("ProfilerStep")]
 
     def row(e: Any) -> dict[str, Any]:

@@ -135,5 +135,7 @@ class GraphedLoss:
         if self.graphed is None:
             return
         self.graphed = None
-        gc.collect()  # only what was made since the capture
-        gc.unfreeze()
+        try:
+            gc.collect()  # only what was made since the capture
+        finally:
+            gc.unfreeze()

@@ -203,7 +203,11 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 
 def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = False) -> TrainResult:
-    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are."""
+    """Fine-tune LoRA adapters on the course data; returns where the checkpoints are.
+
+    `on_step_end` callbacks get each step's number and record once, in order. On a GPU a step's record is
+    read, and its callbacks run, once the next step is queued (so the device is not left idle), except on
+    log and save steps; a callback that needs the weights of its own step runs with logging_steps = 1."""
     # 1. processes, seeds, device
     dist_info = setup_distributed()
     seed_everything(cfg.seed)
@@ -378,7 +382,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
                 ready.record()
             queued.append((done, figures, scheduler.get_last_lr()[0], ready))
             logs, saves = done % cfg.logging_steps == 0 or done == total_steps, done % cfg.save_steps == 0 or done == total_steps
-            while len(queued) > (0 if logs or saves else 1):
+            while len(queued) > (0 if logs or saves or ready is None else 1):  # on the CPU deferring gains nothing
                 read_step(*queued.pop(0))
             if logs:
                 record = history[-1]

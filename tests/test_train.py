@@ -31,8 +31,8 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tiny_config):
 
 
 def test_step_callbacks_see_every_step_in_order_as_the_history_records_it(tiny_config):
-    """A step's figures are read once the next step is queued; callbacks still get each step once, in
-    order, and every checkpoint's history holds its own step."""
+    """Callbacks get each step once, in order (on a GPU most steps are read once the next one is queued),
+    and every checkpoint's history holds its own step."""
     seen = []
     result = train(tiny_config(**{**SMALL, "logging_steps": 3}), on_step_end=[lambda step, record: seen.append((step, record))])
     assert [step for step, _ in seen] == list(range(1, 11))
