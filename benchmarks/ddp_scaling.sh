@@ -10,17 +10,18 @@ python3 benchmarks/gpu_speed.py --data-dir "$data_dir" --build-only
 python3 benchmarks/ddp_train.py /tmp/gpu-speed/breeze-shape "$data_dir" "$work/run-1" "$work/one.json"
 torchrun --standalone --nproc_per_node "$n" benchmarks/ddp_train.py /tmp/gpu-speed/breeze-shape "$data_dir" "$work/run-$n" "$work/ddp.json"
 python3 - "$work" "$n" "$commit" "$results_dir" <<'PY'
-import json, re, sys
-import bitsandbytes, peft, torch, transformers
+import json, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, "benchmarks")
+from gpu_speed import environment, results_file
 from tangpoem.io import atomic_write_json
-work, n, commit, results_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+work, n, commit, results_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 one, ddp = (json.load(open(f"{work}/{name}.json")) for name in ("one", "ddp"))
-name = torch.cuda.get_device_name()
-atomic_write_json(f"{results_dir}/{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower()}-x{n}-ddp.json", {
+atomic_write_json(results_file(results_dir, f"-x{n}-ddp"), {
     "what": "DDP scaling of tangpoem's breeze-h100 recipe (65 steps of 16 rows; CUDA graphs off in both runs: they are "
             "single-GPU) on the random Breeze-shaped NF4 model; each figure is the first training run of its process",
-    "device": f"{torch.cuda.device_count()} x {name} (one host)", "commit": commit, "torch": torch.__version__,
-    "transformers": transformers.__version__, "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__,
+    **environment(commit), "gpus": torch.cuda.device_count(),
     "how": f"benchmarks/ddp_scaling.sh: one process, then torchrun --standalone --nproc_per_node {n} of "
            "benchmarks/ddp_train.py; each rank takes 16/N of every 16 rows",
     "one_gpu": one, f"ddp_{n}_gpus": ddp, "speedup_train_seconds": one["train_seconds"] / ddp["train_seconds"],

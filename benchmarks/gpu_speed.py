@@ -309,6 +309,22 @@ def lever_runs(groups: list[str], shape: dict[str, Any], work: Path) -> list[tup
     return runs
 
 
+def environment(commit: str) -> dict[str, str]:
+    """The device, the commit and the versions a results file records."""
+    import bitsandbytes
+    import peft
+    import transformers
+
+    return {"device": torch.cuda.get_device_name(), "commit": commit, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__}
+
+
+def results_file(results_dir: Path, suffix: str) -> Path:
+    """<results_dir>/<this GPU's name, lower-case, dashes><suffix>.json"""
+    return results_dir / (re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-").lower() + suffix + ".json")
+
+
 def release() -> None:
     import gc
 
@@ -346,26 +362,19 @@ def main() -> None:
     shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
     runs = lever_runs([g for g in chosen if g in LEVER_GROUPS], shape, args.work)  # refused here, before the checkpoint
 
-    import bitsandbytes
-    import peft
-    import transformers
-
     from tangpoem.decoding import merge_lora_dequantized
     from tangpoem.model import load_adapter, load_base_model, load_tokenizer
     from tangpoem.train import pick_checkpoint
 
-    name = torch.cuda.get_device_name()
     results: dict[str, Any] = {
-        "device": name, "commit": args.commit, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__,
+        **environment(args.commit),
         "model": "random-initialised Mistral of Breeze-7B's shape, NF4 double quantization",
         "tokenizer": "stand-in: BPE for the prompt's ASCII, one token per Chinese character",
         "figures": {}, "errors": {},
     }
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
     suffix = ("-levers-" + args.levers.replace(",", "-") if args.levers else "-" + args.stages.replace(",", "-") if args.stages
               else "-profile" if args.profile else "")
-    out_file = args.results_dir / (stem + suffix + ".json")
+    out_file = results_file(args.results_dir, suffix)
     figures = results["figures"]
 
     def stage(key: str, fn: Callable[[], Any]) -> Any:
