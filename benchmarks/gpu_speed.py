@@ -20,6 +20,7 @@ says so beside each figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import re
@@ -189,6 +190,7 @@ def tangpoem_training(cfg: Any) -> tuple[dict[str, Any], Any]:
     figure = {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak, "steps": len(result.history),
               "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **epoch,
               **result.timings, "train_seconds": train_seconds,
+              "graph_shape": dataclasses.asdict(result.graph_shape) if result.graph_shape else None,
               **clock.figures(result.seconds, result.timings["first_step_seconds"])}
     return figure, result
 
@@ -275,6 +277,12 @@ LEVER_GROUPS: dict[str, tuple[str, dict[str, Any], dict[str, dict[str, Any]]]] =
         "+ fused RMSNorm": {**GRAPHED, "fused_rms_norm": True},
         "+ fused LoRA": {**GRAPHED, "fused_lora": True},
         "+ fused RMSNorm + fused LoRA": {**GRAPHED, "fused_rms_norm": True, "fused_lora": True},
+    }),
+    # breeze-h100 with the shuffled micro-batches as they come, and with their rows swapped until each holds
+    # ~as many tokens (the graphs pad every micro-batch to the longest)
+    "balance": ("breeze-h100", {}, {
+        "breeze-h100, shuffled micro-batches": {"balanced_steps": False},
+        "+ balanced micro-batches": {"balanced_steps": True},
     }),
     # breeze-colab-t4's layout (packed rows, answer logits only), norms unfused
     "t4": ("breeze-colab-t4", {**T4_SHORT, "fused_rms_norm": False}, {

@@ -60,6 +60,7 @@ class Config:
     answer_logits_only: bool = False  # padding_free only: lm_head and loss only where a label is (~30% of tokens)
     varlen_attention: bool = False  # padding_free only, sm80+ GPUs: attention within each packed row (FlashAttention varlen)
     cuda_graphs: bool = False  # one GPU; varlen_attention + answer_logits_only, no compile/checkpointing: steps replayed as CUDA graphs
+    balanced_steps: bool = False  # rows swapped between the shuffled micro-batches until each holds ~as many tokens (less padding under cuda_graphs)
     kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
     dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
     compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling

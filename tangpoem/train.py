@@ -9,6 +9,7 @@ same adapter weights as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -28,7 +29,7 @@ from tangpoem.config import Config
 from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError
 from tangpoem.fused import fused_lora, fused_rms_norm
-from tangpoem.graphs import GraphedLoss, static_shape
+from tangpoem.graphs import GraphedLoss, StaticShape, static_shape
 from tangpoem.io import atomic_write_json
 from tangpoem.model import (
     add_lora,
@@ -160,11 +161,68 @@ def batch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_rows, generator=generator).tolist()
 
 
+def balance_micro_batches(order: Sequence[int], lengths: Sequence[int], size: int, count: int) -> list[int]:
+    """`order` with rows swapped between its first `count` micro-batches (`size` consecutive rows each)
+    until the longest holds as few tokens as swapping one pair of rows at a time can make it.
+
+    Each swap takes the longest micro-batch and the one whose exchange of a row shortens it most; both
+    end shorter than it was, so the sum of squared token counts falls and the loop ends. Every row stays
+    in the epoch once, micro-batches and steps keep their size; rows of the micro-batches after `count`
+    (an epoch's short last step) are not moved."""
+    order = list(order)
+    batches = [order[i * size : (i + 1) * size] for i in range(count)]
+    tokens = [sum(lengths[r] for r in batch) for batch in batches]
+    floor = -(-sum(tokens) // max(count, 1))  # no micro-batch can be shorter than this and all be equal
+
+    def by_length(batch: list[int]) -> dict[int, int]:  # one position per distinct row length: fewer pairs to try
+        return {lengths[r]: i for i, r in reversed(list(enumerate(batch)))}
+
+    positions = [by_length(batch) for batch in batches]
+    while count > 1:
+        longest = max(range(count), key=tokens.__getitem__)  # the first of equals: deterministic
+        if tokens[longest] <= floor:
+            break
+        best = None  # (the pair's longer count after the swap, other micro-batch, length out, length in)
+        for other in range(count):
+            room = tokens[longest] - tokens[other]
+            for out_length in positions[longest]:
+                for in_length in positions[other]:
+                    if 0 < out_length - in_length < room:
+                        after = max(tokens[longest] - out_length + in_length, tokens[other] + out_length - in_length)
+                        if best is None or after < best[0]:
+                            best = (after, other, out_length, in_length)
+        if best is None:
+            break
+        _, other, out_length, in_length = best
+        i, j = positions[longest][out_length], positions[other][in_length]
+        batches[longest][i], batches[other][j] = batches[other][j], batches[longest][i]
+        tokens[longest] -= out_length - in_length
+        tokens[other] += out_length - in_length
+        positions[longest], positions[other] = by_length(batches[longest]), by_length(batches[other])
+    return [r for batch in batches for r in batch] + order[count * size :]
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(lengths: tuple[int, ...], seed: int, epoch: int, batch_size: int, balance_size: int | None) -> tuple[int, ...]:
+    """The rows of one epoch in training order: shuffled, then (with `balance_size`) balanced in tokens
+    over micro-batches of that many rows. Cached: every step of the epoch asks for it."""
+    order = batch_order(len(lengths), seed, epoch)
+    if balance_size is not None:
+        order = balance_micro_batches(order, lengths, balance_size, len(lengths) // batch_size * batch_size // balance_size)
+    return tuple(order)
+
+
 def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRow]:
-    """The rows of optimizer step `step` (0-based): `batch_size` rows, the last batch of an epoch may be short."""
+    """The rows of optimizer step `step` (0-based): `batch_size` rows, the last batch of an epoch may be short.
+
+    With `balanced_steps`, rows are swapped between the epoch's micro-batches (on one GPU, its micro-batches;
+    under DDP, each rank's rows of a step are still every world_size-th) until each holds about the same
+    number of tokens: a captured micro-batch is padded to the longest of the run, so an unbalanced one
+    pays for its pad tokens in every layer."""
     steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
     epoch, within = divmod(step, steps_per_epoch)
-    order = batch_order(len(dataset.rows), cfg.seed, epoch)
+    lengths = tuple(len(r.input_ids) for r in dataset.rows)
+    order = epoch_order(lengths, cfg.seed, epoch, cfg.batch_size, cfg.micro_batch_size if cfg.balanced_steps else None)
     return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
 
 
@@ -197,6 +255,7 @@ class TrainResult:
     seconds: float = 0.0
     model: torch.nn.Module | None = None  # the PeftModel as trained (adapters of the last step)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: set-up and capture, first step, checkpoint writes
+    graph_shape: StaticShape | None = None  # with cuda_graphs: what every captured micro-batch is padded to
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -303,7 +362,7 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
                 if not (count := loop_modes.enter_context(mode(model))):
                     raise InputError(f"config key '{key}' = True: this model has no {what} to fuse; set it to false")
                 log(f"fused: {count} {what}")
-        graphed = None
+        graphed, shape = None, None
         if cfg.cuda_graphs and start_step < total_steps:
             # the shape of the whole run, so that a resumed run replays the same graphs
             run_batches = [m for step in range(total_steps) for m in micro_batches(step_rows(dataset, cfg, step), cfg, dist_info)]
@@ -414,4 +473,4 @@ def train(cfg: Config, on_step_end: Sequence[StepCallback] = (), resume: bool = 
     log(f"train: {total_steps - start_step} steps in {seconds:.1f} s; checkpoints in {output_dir}")
     if dist_info.world_size > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds, model, timings)
+    return TrainResult(output_dir, list_checkpoints(output_dir), history, seconds, model, timings, shape)

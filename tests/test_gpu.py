@@ -161,6 +161,14 @@ def test_varlen_attention_cuda_graphs_and_fused_ops_train_as_eager_sdpa(small_mi
     assert graphs.history[-1]["loss"] < graphs.history[0]["loss"]
     print("losses sdpa / varlen / graphs / graphs+fused:",
           [tuple(round(h["loss"], 4) for h in hs) for hs in zip(plain.history, varlen.history, graphs.history, fused.history)])
+    # balanced micro-batches: other rows share a step, so compare with eager sdpa on the same balanced order
+    balanced_plain = train(gpu_config(small_mistral, tmp_path / "balanced-plain", course_dir, **common, balanced_steps=True))
+    balanced = train(gpu_config(small_mistral, tmp_path / "balanced", course_dir, **common, varlen_attention=True, cuda_graphs=True,
+                                fused_rms_norm=True, fused_lora=True, balanced_steps=True))
+    for a, b in zip(balanced_plain.history, balanced.history):
+        assert abs(a["loss"] - b["loss"]) < 0.02 * a["loss"], (a, b)
+    assert balanced.graph_shape.length <= fused.graph_shape.length, (balanced.graph_shape, fused.graph_shape)
+    print("graph shapes shuffled / balanced:", fused.graph_shape, balanced.graph_shape)
 
 
 def test_cuda_graphs_give_their_memory_pool_back_after_training(small_mistral, tmp_path, course_dir):
