@@ -77,7 +77,7 @@ class Config:
     max_new_tokens: int = 128
     min_new_tokens: int = 0  # > 0 forbids EOS before this many new tokens (small models may stop at once)
     stop_by_probability: bool = False  # stop when P(EOS) >= 0.5, not when EOS beats the likeliest single character
-    static_cache: bool = False  # static KV cache; on a GPU transformers compiles the decode step with CUDA graphs
+    static_cache: bool = False  # static KV cache; on a GPU the decode step is replayed as a CUDA graph (4-bit models: compiled)
     results_dir: str | None = None  # default: <output_dir>
 
     def __post_init__(self) -> None:

@@ -1,7 +1,10 @@
-"""Decoding on the GPU: the homework's sampling with no-repeat n-grams computed on the device, and
-LoRA merged into dequantized weights for fast batched generation."""
+"""Decoding on the GPU: the homework's sampling with no-repeat n-grams computed on the device, LoRA
+merged into dequantized weights for fast batched generation, and the decode step replayed as a CUDA graph."""
 
 from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -102,3 +105,72 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
     root.config.use_cache = True
     root.hf_quantizer = None  # nothing is 4-bit any more: lets generate compile it (static cache)
     return root.eval()
+
+
+class GraphedDecodeStep:
+    """A model's one-token forward in generation, captured as a CUDA graph on its first call and then
+    replayed: no per-kernel CPU cost, and no compiling.
+
+    transformers' generate, with a static KV cache, calls a torch.compile'd forward for every token after
+    the prompt (its graphs need fixed shapes and addresses, which the static cache gives). For a 7B model
+    that compile takes ~40 s, longer than the 15 poems take to write. This captures the same forward as
+    eager mode runs it instead: the cache's tensors and position counter are updated in place by the
+    replayed kernels. Tensor inputs are copied into fixed buffers; the logits come back in one (generate
+    copies them before the next call). Other inputs (the cache object) must be the very objects captured:
+    a new cache, or new shapes (the next batch), means a new capture."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.captures = 0
+
+    @staticmethod
+    def signature(inputs: dict[str, Any]) -> tuple:
+        return tuple((name, (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else
+                      v if v is None or isinstance(v, (bool, int, float, str)) else id(v))
+                     for name, v in sorted(inputs.items()))
+
+    def __call__(self, **inputs: Any) -> Any:
+        objects = [v for v in inputs.values() if not (v is None or isinstance(v, (torch.Tensor, bool, int, float, str)))]
+        # held, and compared by identity: an id alone could be a freed cache's, reused by a new one
+        if self.graph is None or self.signature(inputs) != self.captured or any(a is not b for a, b in zip(objects, self.objects)):
+            self.capture(inputs, objects)
+        else:
+            for name, value in inputs.items():
+                if isinstance(value, torch.Tensor):
+                    self.buffers[name].copy_(value)
+        self.graph.replay()
+        return self.output
+
+    def capture(self, inputs: dict[str, Any], objects: list[Any]) -> None:
+        from tangpoem.graphs import warm_up_cublas
+
+        self.graph = None  # the last capture's graph and memory pool go once nothing holds them
+        self.buffers = {name: v.clone() for name, v in inputs.items() if isinstance(v, torch.Tensor)}
+        device = next(iter(self.buffers.values())).device
+        # No eager warm-up run: it would advance the cache's position counter once more than the tokens.
+        # The prompt's forward has already run eagerly; only cuBLAS's handles for the capture's stream are new.
+        warm_up_cublas(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records only: the replay in __call__ runs this step
+            self.output = self.model(**{**inputs, **self.buffers})
+        self.graph, self.captured, self.objects = graph, self.signature(inputs), objects
+        self.captures += 1
+
+
+@contextlib.contextmanager
+def graphed_decoding(model: torch.nn.Module) -> Iterator[GraphedDecodeStep | None]:
+    """Within, transformers' generate replays a CUDA graph of the decode step (GraphedDecodeStep) where it
+    would compile one: on a GPU, with a static cache. Models with 4-bit (bitsandbytes) layers are left to
+    transformers (their kernels are not known to be capture-safe), so is the CPU; then None is yielded."""
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(root.parameters()).device
+    if device.type != "cuda" or getattr(root, "hf_quantizer", None) is not None or not hasattr(root, "get_compiled_call"):
+        yield None
+        return
+    step = GraphedDecodeStep(root)
+    root.get_compiled_call = lambda compile_config=None: step  # generate's source of its decode-step forward
+    try:
+        yield step
+    finally:
+        del root.get_compiled_call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,6 +10,7 @@ import torch
 
 from tangpoem.config import Config
 from tangpoem.data import Row, load_test_rows
+from tangpoem.decoding import graphed_decoding
 from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.model import load_adapter, load_base_model, load_tokenizer
 from tangpoem.prompt import INSTRUCTION
@@ -49,7 +51,7 @@ def fast_generation_config(cfg: Config, tokenizer: Any) -> tuple[Any, Any]:
     # Neutral values, not None: None would let transformers fill in its defaults (top_k=50) after ours.
     gen_config.no_repeat_ngram_size = 0
     gen_config.temperature, gen_config.top_k, gen_config.top_p = 1.0, 0, 1.0
-    if cfg.static_cache:  # on a GPU, transformers then compiles the decode step (CUDA graphs)
+    if cfg.static_cache:  # fixed shapes and addresses: `generate` replays the decode step as a CUDA graph
         gen_config.cache_implementation = "static"
     stop_eos = tokenizer.eos_token_id if cfg.stop_by_probability else None
     return gen_config, logits_processors(cfg.no_repeat_ngram_size, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p, stop_eos)
@@ -82,14 +84,16 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     torch.manual_seed(cfg.seed)  # sampling is reproducible for a given seed and batch size
     predictions: list[str] = []
     batches = [rows[i : i + cfg.generation_batch_size] for i in range(0, len(rows), cfg.generation_batch_size)]
-    for batch_rows in tqdm(batches, desc="generate", disable=not progress):
-        prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in batch_rows]
-        batch = {k: v.to(device) for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
-        output = model.generate(**batch, generation_config=gen_config, logits_processor=processors)
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
-        for tokens in new_tokens:
-            text = tokenizer.decode(cut_at_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True)
-            predictions.append(" ".join(text.split()))  # one line per poem in results.txt
+    graphs = graphed_decoding(model) if cfg.static_cache else contextlib.nullcontext()
+    with graphs:
+        for batch_rows in tqdm(batches, desc="generate", disable=not progress):
+            prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in batch_rows]
+            batch = {k: v.to(device) for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
+            output = model.generate(**batch, generation_config=gen_config, logits_processor=processors)
+            new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
+            for tokens in new_tokens:
+                text = tokenizer.decode(cut_at_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True)
+                predictions.append(" ".join(text.split()))  # one line per poem in results.txt
     return predictions
 
 

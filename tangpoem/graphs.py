@@ -74,7 +74,7 @@ class PackedLoss(torch.nn.Module):
 def warm_up_cublas(device: torch.device) -> None:
     """Create cuBLAS's and cuBLASLt's handles with the products a training step uses (matmul, addmm,
     their backward), on a side stream as a capture's, under the caller's autocast."""
-    with torch.cuda.stream(torch.cuda.Stream(device)):
+    with torch.cuda.stream(torch.cuda.Stream(device)), torch.enable_grad():  # also called under no_grad (generation)
         a = torch.randn(64, 64, device=device, requires_grad=True)
         b = torch.randn(64, 64, device=device, requires_grad=True)
         out = torch.addmm(a @ b, a, b) + torch.nn.functional.linear(a, b, a[0])

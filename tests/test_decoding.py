@@ -91,3 +91,17 @@ def test_fast_path_applies_exactly_our_processors_in_order(tiny_model, tiny_conf
     names = [type(p).__name__ for p in final]
     expected = ["DeviceNoRepeatNGram", "TemperatureLogitsWarper"] + (["TopKLogitsWarper"] if top_k else []) + ["TopPLogitsWarper"]
     assert names == expected
+
+
+def test_graphed_decoding_leaves_cpu_models_to_transformers():
+    """On the CPU (and for 4-bit models) generate keeps transformers' own decode step: nothing is patched."""
+    from tangpoem.decoding import GraphedDecodeStep, graphed_decoding
+    from tangpoem.tiny import build_model, build_tokenizer
+
+    model = build_model("tiny-mistral", build_tokenizer())
+    with graphed_decoding(model) as step:
+        assert step is None and "get_compiled_call" not in vars(model)
+    cache = object()
+    a = GraphedDecodeStep.signature({"input_ids": torch.zeros(2, 1, dtype=torch.long), "past_key_values": cache, "use_cache": True})
+    b = GraphedDecodeStep.signature({"input_ids": torch.zeros(3, 1, dtype=torch.long), "past_key_values": cache, "use_cache": True})
+    assert a != b  # a new batch size is a new capture
