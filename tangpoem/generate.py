@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tangpoem.config import Config
 from tangpoem.data import Row, load_test_rows
@@ -85,7 +86,8 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     predictions: list[str] = []
     batches = [rows[i : i + cfg.generation_batch_size] for i in range(0, len(rows), cfg.generation_batch_size)]
     graphs = graphed_decoding(model) if cfg.static_cache else contextlib.nullcontext()
-    with graphs:
+    # cuDNN's attention plans every new shape: the prompt's forward took 1.6 s with it on an H200, 0.04 s once planned
+    with graphs, sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         for batch_rows in tqdm(batches, desc="generate", disable=not progress):
             prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in batch_rows]
             batch = {k: v.to(device) for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
