@@ -117,12 +117,17 @@ class GraphedDecodeStep:
     eager mode runs it instead: the cache's tensors and position counter are updated in place by the
     replayed kernels. Tensor inputs are copied into fixed buffers; the logits come back in one (generate
     copies them before the next call). Other inputs (the cache object) must be the very objects captured:
-    a new cache, or new shapes (the next batch), means a new capture."""
+    a new cache, or new shapes (the next batch), means a new capture.
+
+    Only caches whose every layer is a plain StaticLayer are replayed. A sliding-window layer counts its
+    tokens in a Python int, which a replay would never advance (each later step's mask would be built for
+    the wrong position): such calls, and any call without a cache, run eagerly."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.graph: torch.cuda.CUDAGraph | None = None
         self.captures = 0
+        self.eager_calls = 0
 
     @staticmethod
     def signature(inputs: dict[str, Any]) -> tuple:
@@ -130,7 +135,17 @@ class GraphedDecodeStep:
                       v if v is None or isinstance(v, (bool, int, float, str)) else id(v))
                      for name, v in sorted(inputs.items()))
 
+    @staticmethod
+    def replayable(cache: Any) -> bool:
+        from transformers.cache_utils import StaticLayer
+
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and all(type(layer) is StaticLayer for layer in layers)
+
     def __call__(self, **inputs: Any) -> Any:
+        if not self.replayable(inputs.get("past_key_values")):
+            self.eager_calls += 1
+            return self.model(**inputs)
         objects = [v for v in inputs.values() if not (v is None or isinstance(v, (torch.Tensor, bool, int, float, str)))]
         # held, and compared by identity: an id alone could be a freed cache's, reused by a new one
         if self.graph is None or self.signature(inputs) != self.captured or any(a is not b for a, b in zip(objects, self.objects)):
@@ -145,7 +160,8 @@ class GraphedDecodeStep:
     def capture(self, inputs: dict[str, Any], objects: list[Any]) -> None:
         from tangpoem.graphs import warm_up_cublas
 
-        self.graph = None  # the last capture's graph and memory pool go once nothing holds them
+        # the last capture's graph, output, buffers and cache go first (its memory pool once nothing holds them)
+        self.graph, self.output, self.buffers, self.objects = None, None, {}, []
         self.buffers = {name: v.clone() for name, v in inputs.items() if isinstance(v, torch.Tensor)}
         device = next(iter(self.buffers.values())).device
         # No eager warm-up run: it would advance the cache's position counter once more than the tokens.
@@ -159,18 +175,41 @@ class GraphedDecodeStep:
 
 
 @contextlib.contextmanager
-def graphed_decoding(model: torch.nn.Module) -> Iterator[GraphedDecodeStep | None]:
+def full_attention_within_window(model: torch.nn.Module, longest: int) -> Iterator[bool]:
+    """Within, a sliding-window model (Mistral's configs set a 4096-token window, Breeze's too) attends
+    without its window when no sequence is longer than the window: the same attention, and a static cache
+    of plain StaticLayers, which GraphedDecodeStep can replay. Yields whether the window was lifted."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if window is None or longest > window or getattr(config, "layer_types", None) is not None:
+        yield False
+        return
+    config.sliding_window = None
+    try:
+        yield True
+    finally:
+        config.sliding_window = window
+
+
+@contextlib.contextmanager
+def graphed_decoding(model: torch.nn.Module, longest: int) -> Iterator[GraphedDecodeStep | None]:
     """Within, transformers' generate replays a CUDA graph of the decode step (GraphedDecodeStep) where it
-    would compile one: on a GPU, with a static cache. Models with 4-bit (bitsandbytes) layers are left to
-    transformers (their kernels are not known to be capture-safe), so is the CPU; then None is yielded."""
+    would compile one: on a GPU, with a static cache, for sequences of at most `longest` tokens (prompt
+    and new tokens). Models with 4-bit (bitsandbytes) layers are left to transformers (their kernels are
+    not known to be capture-safe), so is the CPU; then None is yielded."""
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(root.parameters()).device
     if device.type != "cuda" or getattr(root, "hf_quantizer", None) is not None or not hasattr(root, "get_compiled_call"):
         yield None
         return
     step = GraphedDecodeStep(root)
+    shadowed = vars(root).get("get_compiled_call")  # an instance attribute of the caller's, put back afterwards
     root.get_compiled_call = lambda compile_config=None: step  # generate's source of its decode-step forward
     try:
-        yield step
+        with full_attention_within_window(root, longest):
+            yield step
     finally:
-        del root.get_compiled_call
+        if shadowed is None:
+            del root.get_compiled_call
+        else:
+            root.get_compiled_call = shadowed

@@ -161,15 +161,16 @@ def batch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_rows, generator=generator).tolist()
 
 
-def balance_micro_batches(order: Sequence[int], lengths: Sequence[int], size: int, count: int) -> list[int]:
-    """`order` with rows swapped between its first `count` micro-batches (`size` consecutive rows each)
-    until the longest holds as few tokens as swapping one pair of rows at a time can make it.
+def balance_micro_batches(order: Sequence[int], lengths: Sequence[int], size: int) -> list[int]:
+    """`order` with rows swapped between its micro-batches (`size` consecutive rows each) until the
+    longest holds as few tokens as swapping one pair of rows at a time can make it.
 
-    Each swap takes the longest micro-batch and the one whose exchange of a row shortens it most; both
-    end shorter than it was, so the sum of squared token counts falls and the loop ends. Every row stays
-    in the epoch once, micro-batches and steps keep their size; rows of the micro-batches after `count`
-    (an epoch's short last step) are not moved."""
+    Each swap takes the longest micro-batch and the one whose exchange of a row leaves the longer of the
+    two shortest; both end shorter than it was, so the sum of squared token counts falls and the loop
+    ends. Every row stays in the epoch once and every micro-batch (so every step) keeps its size; a
+    trailing micro-batch shorter than `size` is not touched."""
     order = list(order)
+    count = len(order) // size
     batches = [order[i * size : (i + 1) * size] for i in range(count)]
     tokens = [sum(lengths[r] for r in batch) for batch in batches]
     floor = -(-sum(tokens) // max(count, 1))  # no micro-batch can be shorter than this and all be equal
@@ -183,7 +184,9 @@ def balance_micro_batches(order: Sequence[int], lengths: Sequence[int], size: in
         if tokens[longest] <= floor:
             break
         best = None  # (the pair's longer count after the swap, other micro-batch, length out, length in)
-        for other in range(count):
+        for other in sorted(range(count), key=tokens.__getitem__):  # shortest first
+            if best is not None and tokens[longest] + tokens[other] >= 2 * best[0]:
+                break  # no swap with this one or any longer one can leave the pair shorter than `best`
             room = tokens[longest] - tokens[other]
             for out_length in positions[longest]:
                 for in_length in positions[other]:
@@ -202,13 +205,13 @@ def balance_micro_batches(order: Sequence[int], lengths: Sequence[int], size: in
     return [r for batch in batches for r in batch] + order[count * size :]
 
 
-@functools.lru_cache(maxsize=4)
-def epoch_order(lengths: tuple[int, ...], seed: int, epoch: int, batch_size: int, balance_size: int | None) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=32)
+def epoch_order(lengths: tuple[int, ...], seed: int, epoch: int, balance_size: int | None) -> tuple[int, ...]:
     """The rows of one epoch in training order: shuffled, then (with `balance_size`) balanced in tokens
     over micro-batches of that many rows. Cached: every step of the epoch asks for it."""
     order = batch_order(len(lengths), seed, epoch)
     if balance_size is not None:
-        order = balance_micro_batches(order, lengths, balance_size, len(lengths) // batch_size * batch_size // balance_size)
+        order = balance_micro_batches(order, lengths, balance_size)
     return tuple(order)
 
 
@@ -222,7 +225,7 @@ def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRo
     steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
     epoch, within = divmod(step, steps_per_epoch)
     lengths = tuple(len(r.input_ids) for r in dataset.rows)
-    order = epoch_order(lengths, cfg.seed, epoch, cfg.batch_size, cfg.micro_batch_size if cfg.balanced_steps else None)
+    order = epoch_order(lengths, cfg.seed, epoch, cfg.micro_batch_size if cfg.balanced_steps else None)
     return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
 
 

@@ -127,7 +127,7 @@ def test_dequantized_compiled_training_and_static_cache_generation(small_mistral
     runs = {}
     for static in (False, True):
         gen_config, processors = fast_generation_config(load_config(None, {**cfg.to_dict(), "static_cache": static}), tokenizer)
-        with graphed_decoding(merged) if static else contextlib.nullcontext() as step:
+        with graphed_decoding(merged, batch["input_ids"].shape[1] + 32) if static else contextlib.nullcontext() as step:
             for _ in range(2):  # each call captures the decode step for its own cache, then replays it
                 runs[static] = merged.generate(**batch, generation_config=gen_config, logits_processor=processors,
                                                output_scores=True, return_dict_in_generate=True)

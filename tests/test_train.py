@@ -227,16 +227,17 @@ def test_balancing_swaps_rows_until_micro_batches_hold_equal_tokens():
     from tangpoem.train import balance_micro_batches
 
     lengths = [1, 1, 1, 1, 3, 3, 3, 3, 5, 7]
-    balanced = balance_micro_batches(range(10), lengths, size=4, count=2)
-    assert sorted(balanced) == list(range(10)) and balanced[8:] == [8, 9]  # rows after `count` micro-batches stay
+    balanced = balance_micro_batches(range(10), lengths, size=4)
+    assert sorted(balanced) == list(range(10)) and balanced[8:] == [8, 9]  # a trailing short micro-batch stays
     assert [sum(lengths[r] for r in balanced[i : i + 4]) for i in (0, 4)] == [8, 8]
-    assert balance_micro_batches([0, 1, 2, 3], lengths, size=4, count=1) == [0, 1, 2, 3]
+    assert balance_micro_batches([0, 1, 2, 3], lengths, size=4) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("micro_batch_size", [4, 16])
 def test_balanced_steps_keep_each_row_once_a_step_and_even_out_tokens(tiny_config, micro_batch_size):
-    from tangpoem.model import load_tokenizer
     from tangpoem.data import load_train_rows
+    from tangpoem.graphs import static_shape
+    from tangpoem.model import load_tokenizer
     from tangpoem.tokens import encode_training_rows
     from tangpoem.train import epoch_order, step_rows
 
@@ -249,14 +250,18 @@ def test_balanced_steps_keep_each_row_once_a_step_and_even_out_tokens(tiny_confi
         steps = [[index[id(r)] for r in step_rows(dataset, cfg, step)] for step in range(13)]
         assert [len(s) for s in steps] == [16] * 12 + [8]
         assert sorted(r for s in steps for r in s) == list(range(200))  # every row once in the epoch
-        tokens = [sum(len(dataset.rows[r].input_ids) for r in s[i : i + micro_batch_size])
-                  for s in steps[:12] for i in range(0, 16, micro_batch_size)]
-        return steps, tokens
+        full = [s[i : i + micro_batch_size] for s in steps for i in range(0, len(s), micro_batch_size)]
+        full = [m for m in full if len(m) == micro_batch_size]  # what the graphs capture
+        tokens = [sum(len(dataset.rows[r].input_ids) for r in m) for m in full]
+        shape = static_shape([[dataset.rows[r] for r in m] for m in full], multiple=1)
+        return steps, tokens, shape
 
-    plain_steps, plain_tokens = micro_batch_tokens(plain)
-    balanced_steps, balanced_tokens = micro_batch_tokens(balanced)
-    assert balanced_steps[12] == plain_steps[12]  # the short last step is not balanced against full ones
+    plain_steps, plain_tokens, plain_shape = micro_batch_tokens(plain)
+    balanced_steps, balanced_tokens, balanced_shape = micro_batch_tokens(balanced)
+    if micro_batch_size == 16:  # the last step's 8 rows are no full micro-batch: left as shuffled
+        assert balanced_steps[12] == plain_steps[12]
     assert max(balanced_tokens) < max(plain_tokens) and max(balanced_tokens) - min(balanced_tokens) < max(plain_tokens) - min(plain_tokens)
     assert max(balanced_tokens) <= -(-sum(balanced_tokens) // len(balanced_tokens)) + 2, (plain_tokens, balanced_tokens)
+    assert balanced_shape.length < plain_shape.length  # what every captured micro-batch is padded to
     epoch_order.cache_clear()  # a resumed run computes the same order from scratch
     assert micro_batch_tokens(balanced)[0] == balanced_steps
