@@ -254,7 +254,8 @@ STAGES = ("train_homework", "train_trl", "t4_profile", "train_tangpoem", "genera
 # Lever groups: (config file, overrides shared by the group, {label: overrides of one variant}). Each
 # variant trains on its own fresh NF4 base; the groups compare each lever on and off in one run.
 BEFORE = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
-          "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False}
+          "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False,
+          "balanced_steps": False}  # the earlier groups measured shuffled steps; "balance" compares them
 DEQUANTIZED = {**BEFORE, "dequantize_base": True}
 GRAPHED = {**DEQUANTIZED, "varlen_attention": True, "cuda_graphs": True}
 T4_SHORT = {"compute_dtype": "float16", "max_steps": 16, "save_steps": 1000}  # fp16 as on a T4; 16 steps, scaled

@@ -103,7 +103,7 @@ def merge_lora_dequantized(model: torch.nn.Module, dtype: torch.dtype = torch.bf
         param.data = param.data.to(dtype)
         param.requires_grad_(False)
     root.config.use_cache = True
-    root.hf_quantizer = None  # nothing is 4-bit any more: lets generate compile it (static cache)
+    root.hf_quantizer = None  # nothing is 4-bit any more: graphed_decoding may replay its decode step (static cache)
     return root.eval()
 
 
@@ -131,8 +131,9 @@ class GraphedDecodeStep:
 
     @staticmethod
     def signature(inputs: dict[str, Any]) -> tuple:
+        """Tensors by shape, dtype and device, plain values by value, objects by type (and by identity, in __call__)."""
         return tuple((name, (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else
-                      v if v is None or isinstance(v, (bool, int, float, str)) else id(v))
+                      v if v is None or isinstance(v, (bool, int, float, str)) else type(v))
                      for name, v in sorted(inputs.items()))
 
     @staticmethod
@@ -161,7 +162,7 @@ class GraphedDecodeStep:
         from tangpoem.graphs import warm_up_cublas
 
         # the last capture's graph, output, buffers and cache go first (its memory pool once nothing holds them)
-        self.graph, self.output, self.buffers, self.objects = None, None, {}, []
+        self.graph, self.output, self.objects = None, None, []
         self.buffers = {name: v.clone() for name, v in inputs.items() if isinstance(v, torch.Tensor)}
         device = next(iter(self.buffers.values())).device
         # No eager warm-up run: it would advance the cache's position counter once more than the tokens.

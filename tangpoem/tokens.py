@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -55,6 +56,11 @@ def encode_training_row(tokenizer: Any, row: Row, cutoff_len: int, mode: str = "
 class EncodedDataset:
     rows: list[EncodedRow]
 
+    @functools.cached_property
+    def lengths(self) -> tuple[int, ...]:
+        """Each row's tokens, computed once (every training step's row order is looked up by them)."""
+        return tuple(len(r.input_ids) for r in self.rows)
+
     @property
     def num_truncated(self) -> int:
         return sum(r.truncated for r in self.rows)
@@ -64,9 +70,8 @@ class EncodedDataset:
         return count_label_tokens(self.rows)
 
     def summary(self) -> str:
-        lengths = [len(r.input_ids) for r in self.rows]
         return (
-            f"{len(self.rows)} rows, {sum(lengths)} tokens (longest {max(lengths)}), "
+            f"{len(self.rows)} rows, {sum(self.lengths)} tokens (longest {max(self.lengths)}), "
             f"{self.num_label_tokens} learned; {self.num_truncated} answers cut to fit cutoff_len"
         )
 

@@ -224,8 +224,7 @@ def step_rows(dataset: EncodedDataset, cfg: Config, step: int) -> list[EncodedRo
     pays for its pad tokens in every layer."""
     steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
     epoch, within = divmod(step, steps_per_epoch)
-    lengths = tuple(len(r.input_ids) for r in dataset.rows)
-    order = epoch_order(lengths, cfg.seed, epoch, cfg.micro_batch_size if cfg.balanced_steps else None)
+    order = epoch_order(dataset.lengths, cfg.seed, epoch, cfg.micro_batch_size if cfg.balanced_steps else None)
     return [dataset.rows[i] for i in order[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
 
 
