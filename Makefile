@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@# undefined names and unused imports (pyflakes' checks) in every Python file, scripts no test runs included
-	$(PY) -m ruff check -q --select F tangpoem benchmarks tests scripts notebooks/build_notebooks.py
+	$(PY) -m ruff check -q --select F tangpoem benchmarks tests scripts
 	$(PY) -m pytest -q
 
 clean:

@@ -11,11 +11,12 @@ import sys
 from typing import Callable
 
 from tangpoem.config import Config, load_config, parse_set
-from tangpoem.errors import InputError
+from tangpoem.errors import InputError, RunError
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file, or the name of one in configs/ (e.g. tiny-cpu)")
+    parser.add_argument("--config", help="YAML config file, or the name of a shipped one (nano-cpu, breeze-colab-t4, "
+                                         "taide-colab-t4, breeze-h100, tiny-cpu)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable), e.g. --set learning_rate=1e-4")
     parser.add_argument("--data-dir", help="directory of the course files (default: $TANGPOEM_DATA_DIR or data/GenAI-Hw5)")
@@ -54,16 +55,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from tangpoem.config import describe
     from tangpoem.generate import generate_test_results
 
     adapter = None if args.no_adapter else (args.adapter or "auto")
-    for path in generate_test_results(config_from_args(args), adapter):
-        print(f"wrote {path}")
+    cfg = config_from_args(args)
+    print(describe(cfg))
+    files = generate_test_results(cfg, adapter)
+    print(f"wrote {files.txt} and {files.json} (loading {files.load_seconds:.1f} s, generating {files.generate_seconds:.1f} s)")
     return 0
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from tangpoem.train import checkpoint_step, list_checkpoints, picked_index
+    from tangpoem.checkpoints import checkpoint_step, list_checkpoints, picked_index
 
     cfg = config_from_args(args)
     checkpoints = list_checkpoints(cfg.output_dir)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except InputError as e:
+    except (InputError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

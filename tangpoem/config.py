@@ -1,12 +1,15 @@
-"""One config object for every step: defaults here, a YAML file on top, then `--set key=value`.
+"""One config object for every step, built by one rule: the defaults below, then a config file (which may
+name a `base:` file and state only its differences), then explicit overrides (`--set key=value`, papermill's
+`-p`, a notebook's knobs). An override of None leaves the value below it.
 
-The defaults are the homework's (Breeze-7B on a Colab T4). Keys are flat so that the same names
-work as YAML keys, `--set` overrides and papermill parameters.
+The defaults are the homework's (Breeze-7B on a Colab T4). Keys are flat, so that the same names work as
+YAML keys, `--set` overrides and notebook parameters; each key's help text lives once, on its field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,72 +21,83 @@ from tangpoem.errors import InputError
 
 BREEZE = "MediaTek-Research/Breeze-7B-Instruct-v0_1"
 TAIDE = "taide/TAIDE-LX-7B-Chat"
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # the checkout's configs/*.yaml
+SECTIONS = ("model", "data", "lora", "training", "checkpoints", "generation", "levers")
+
+
+def knob(default: Any, help: str, section: str) -> Any:
+    """A config field: its default, its help text (parameters cells, README and --help take it from here)."""
+    metadata = {"help": help, "section": section}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
-    # --- model ---
-    model_name_or_path: str = BREEZE  # hub id, local path, or a built-in name (tiny-mistral, tiny-llama)
-    trust_remote_code: bool = False  # only when a model's card asks for it
-    device: str = "auto"  # auto | cuda | cpu
-    load_in_4bit: bool = True  # NF4 with double quantization (bitsandbytes, CUDA only)
-    compute_dtype: str = "auto"  # auto (bf16 where supported, else fp16; fp32 on CPU) | bfloat16 | float16 | float32
-    prompt_mode: str = "course"  # course ([INST] <<SYS>> block of the homework) | chat_template (the tokenizer's)
-    # --- data ---
-    data_dir: str | None = None  # default: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
-    num_train_data: int = 1040  # the first N training rows, as in the homework (max 5001)
-    cutoff_len: int = 256  # tokens per training row; the answer is cut, never the prompt
-    # --- LoRA ---
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    # --- training ---
-    output_dir: str = "outputs/run"  # checkpoints, loss history and results land here
-    seed: int = 42
-    num_epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs); None = whole epochs
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # HF Trainer's default, which the homework used
-    micro_batch_size: int = 4  # rows per forward pass
-    batch_size: int = 16  # rows per optimizer step (accumulated over micro-batches)
-    warmup_steps: int = 50
-    logging_steps: int = 20
-    save_steps: int = 65
-    save_total_limit: int = 3
-    gradient_checkpointing: bool = True  # saves memory on a T4; costs ~30% speed
-    padding_free: bool = False  # pack each micro-batch into one sequence (no pad tokens); faster on big GPUs
-    answer_logits_only: bool = False  # padding_free only: lm_head and loss only where a label is (~30% of tokens)
-    varlen_attention: bool = False  # padding_free only, sm80+ GPUs: attention within each packed row (FlashAttention varlen)
-    cuda_graphs: bool = False  # one GPU; varlen_attention + answer_logits_only, no compile/checkpointing: steps replayed as CUDA graphs
-    balanced_steps: bool = False  # rows swapped between the shuffled micro-batches until each holds ~as many tokens (less padding under cuda_graphs)
-    kbit_fp32_upcast: bool = True  # peft's k-bit preparation casts norms/embeddings to fp32 (safer in fp16)
-    dequantize_base: bool = False  # 4-bit only: train against a copy of the NF4 weights dequantized once (~2 bytes/param)
-    compile: bool = False  # torch.compile each decoder layer: fused kernels; the first steps pay for compiling
-    fused_rms_norm: bool = False  # training: each RMSNorm forward as one kernel (torch.nn.functional.rms_norm), not ~8
-    fused_lora: bool = False  # training: LoRA's scale and add folded into its B matmul (addmm); dense base layers only
-    # --- generation ---
-    checkpoint_index: int = -1  # which checkpoint to generate with (the homework's pick-by-index; -1 = last)
-    generation_batch_size: int = 16
-    do_sample: bool = True
-    temperature: float = 0.1
-    top_p: float = 0.3
-    top_k: int = 50
-    no_repeat_ngram_size: int = 3
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0  # > 0 forbids EOS before this many new tokens (small models may stop at once)
-    stop_by_probability: bool = False  # stop when P(EOS) >= 0.5, not when EOS beats the likeliest single character
-    static_cache: bool = False  # static KV cache; on a GPU the decode step is replayed as a CUDA graph (4-bit models: compiled)
-    results_dir: str | None = None  # default: <output_dir>
+    # --- model
+    model_name_or_path: str = knob(BREEZE, "hub id, local path, or a built-in model (tangpoem-nano, tiny-mistral, tiny-llama)", "model")
+    trust_remote_code: bool = knob(False, "run code from the model's repository; only when its card asks for it", "model")
+    device: str = knob("auto", "auto | cuda | cpu", "model")
+    load_in_4bit: bool = knob(True, "NF4 weights with double quantization (bitsandbytes, CUDA only)", "model")
+    compute_dtype: str = knob("auto", "auto (bf16 on compute capability 8.0+, fp16 on older GPUs such as the T4, fp32 on CPU) | bfloat16 | float16 | float32", "model")
+    prompt_mode: str = knob("course", "course (the homework's [INST] <<SYS>> prompt) | chat_template (the tokenizer's)", "model")
+    # --- data
+    data_dir: str | None = knob(None, "the course files; None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5", "data")
+    num_train_data: int = knob(1040, "the first N of the 5001 course rows, as in the homework", "data")
+    cutoff_len: int = knob(256, "tokens per training row; the answer is cut, never the prompt", "data")
+    # --- LoRA
+    lora_r: int = knob(8, "rank of the LoRA matrices A (r x in) and B (out x r)", "lora")
+    lora_alpha: int = knob(16, "the LoRA update B·A is scaled by alpha / r", "lora")
+    lora_dropout: float = knob(0.05, "dropout on the adapters' input while training", "lora")
+    lora_target_modules: list[str] = knob(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                          "the linear layers that get adapters", "lora")
+    # --- training
+    output_dir: str = knob("outputs/run", "checkpoints, loss history, results and figures land here", "training")
+    seed: int = knob(42, "the same seed gives the same shuffling, LoRA initialisation and samples", "training")
+    num_epochs: int = knob(1, "passes over the training rows", "training")
+    max_steps: int | None = knob(None, "stop after this many optimizer steps (quick runs); None: whole epochs", "training")
+    learning_rate: float = knob(3e-4, "peak learning rate (linear warmup, then linear decay to 0)", "training")
+    weight_decay: float = knob(0.0, "AdamW's weight decay", "training")
+    max_grad_norm: float = knob(1.0, "gradients are clipped to this norm (HF Trainer's default, as the homework); 0: no clipping", "training")
+    micro_batch_size: int = knob(4, "rows per forward pass (GPU memory)", "training")
+    batch_size: int = knob(16, "rows per optimizer step; gradients accumulate over batch_size / micro_batch_size passes", "training")
+    warmup_steps: int = knob(50, "steps of linear learning-rate warmup", "training")
+    logging_steps: int = knob(20, "log the loss every N steps", "training")
+    gradient_checkpointing: bool = knob(True, "recompute activations in the backward pass: less memory (needed on a T4), ~30% slower", "training")
+    # --- checkpoints
+    save_steps: int = knob(65, "save a checkpoint every N optimizer steps (and at the end)", "checkpoints")
+    save_total_limit: int = knob(3, "keep the newest N checkpoints", "checkpoints")
+    checkpoint_index: int = knob(-1, "which checkpoint generation uses: 0 the first, -1 the last (the homework's pick-by-index)", "checkpoints")
+    # --- generation
+    generation_batch_size: int = knob(16, "poems generated together", "generation")
+    do_sample: bool = knob(True, "sample; False: greedy, always the most likely token", "generation")
+    temperature: float = knob(0.1, "logits are divided by T before sampling: < 1 sharpens, > 1 flattens", "generation")
+    top_p: float = knob(0.3, "sample among the fewest tokens whose probabilities add up to p", "generation")
+    top_k: int = knob(50, "sample among the k most likely tokens (0: off)", "generation")
+    no_repeat_ngram_size: int = knob(3, "never repeat any N tokens in a row (0: off)", "generation")
+    max_new_tokens: int = knob(128, "the longest answer, in tokens", "generation")
+    min_new_tokens: int = knob(0, "> 0 forbids EOS before this many new tokens (small models may stop at once)", "generation")
+    stop_by_probability: bool = knob(False, "stop when P(EOS) >= 0.5, not when EOS beats the likeliest single character", "generation")
+    results_dir: str | None = knob(None, "where results.txt and results.json go; None: output_dir", "generation")
+    # --- levers: how the same training and generation run faster on bigger GPUs (tangpoem.fast); none changes what is learned
+    padding_free: bool = knob(False, "pack each micro-batch's rows end to end: no pad tokens", "levers")
+    answer_logits_only: bool = knob(False, "padding_free only: lm_head and loss only where a label is", "levers")
+    varlen_attention: bool = knob(False, "padding_free only, compute capability 8.0+: attention within each packed row (FlashAttention varlen)", "levers")
+    cuda_graphs: bool = knob(False, "one GPU; needs varlen_attention and answer_logits_only: each micro-batch replayed as CUDA graphs", "levers")
+    balanced_steps: bool = knob(False, "rows swapped between the shuffled micro-batches until each holds ~as many tokens (less padding under cuda_graphs)", "levers")
+    deferred_reads: bool = knob(False, "read each step's loss once the next step is queued, so the GPU is never idle while the CPU logs", "levers")
+    kbit_fp32_upcast: bool = knob(True, "peft's k-bit preparation casts norms and embeddings to fp32 (the homework's; safer in fp16)", "levers")
+    dequantize_base: bool = knob(False, "4-bit only: train against the NF4 weights dequantized once (~2 bytes a parameter)", "levers")
+    compile: bool = knob(False, "torch.compile each decoder layer: fused kernels; the first steps pay for compiling", "levers")
+    fused_rms_norm: bool = knob(False, "each RMSNorm forward as one kernel (torch.nn.functional.rms_norm)", "levers")
+    fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm); dense base layers only", "levers")
+    static_cache: bool = knob(False, "generation: a static KV cache; on a GPU the decode step is replayed as a CUDA graph", "levers")
+    dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter), the adapter kept beside them: the same tokens, faster", "levers")
 
     def __post_init__(self) -> None:
         validate(self)
 
-    # Derived values live here, never in the config file, so they cannot disagree with their inputs.
+    # Derived values live here, never in a config file, so they cannot disagree with their inputs.
     @property
     def gradient_accumulation_steps(self) -> int:
         return self.batch_size // self.micro_batch_size
@@ -104,53 +118,70 @@ CHOICES = {
 }
 
 
+def keys_of(section: str) -> list[str]:
+    return [name for name, f in FIELDS.items() if f.metadata["section"] == section]
+
+
+def _refuse(cfg: Config, key: str, why: str) -> InputError:
+    return InputError(f"config key '{key}' = {getattr(cfg, key)!r}: {why}")
+
+
 def validate(cfg: Config) -> None:
     """Refuse values that would fail later, or silently do the wrong thing."""
-
-    def bad(key: str, why: str) -> InputError:
-        return InputError(f"config key '{key}' = {getattr(cfg, key)!r}: {why}")
-
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise bad(key, f"must be one of {', '.join(sorted(allowed))}")
+            raise _refuse(cfg, key, f"must be one of {', '.join(sorted(allowed))}")
+    for key, f in FIELDS.items():
+        if str(f.type) == "float" and not math.isfinite(getattr(cfg, key)):
+            raise _refuse(cfg, key, "must be a finite number")
     if not 0 < cfg.top_p <= 1:
-        raise bad("top_p", "must be in (0, 1]")
+        raise _refuse(cfg, "top_p", "must be in (0, 1]")
     if cfg.temperature <= 0:
-        raise bad("temperature", "must be > 0 (use do_sample=false for greedy decoding)")
+        raise _refuse(cfg, "temperature", "must be > 0 (use do_sample=false for greedy decoding)")
     if cfg.learning_rate <= 0:
-        raise bad("learning_rate", "must be > 0")
+        raise _refuse(cfg, "learning_rate", "must be > 0")
     for key in ("micro_batch_size", "batch_size", "num_epochs", "cutoff_len", "lora_r", "lora_alpha",
                 "logging_steps", "save_steps", "save_total_limit", "max_new_tokens", "generation_batch_size"):
         if getattr(cfg, key) < 1:
-            raise bad(key, "must be >= 1")
+            raise _refuse(cfg, key, "must be >= 1")
     for key in ("warmup_steps", "top_k", "no_repeat_ngram_size", "weight_decay", "max_grad_norm", "min_new_tokens"):
         if getattr(cfg, key) < 0:
-            raise bad(key, "must be >= 0")
+            raise _refuse(cfg, key, "must be >= 0")
+    if not 0 <= cfg.seed < 2**32:
+        raise _refuse(cfg, "seed", "must be between 0 and 2**32 - 1 (numpy's range)")
     if not 1 <= cfg.num_train_data <= 5001:
-        raise bad("num_train_data", "must be between 1 and 5001 (the course has 5001 training rows)")
+        raise _refuse(cfg, "num_train_data", "must be between 1 and 5001 (the course has 5001 training rows)")
     if cfg.batch_size % cfg.micro_batch_size:
-        raise bad("batch_size", f"must be a multiple of micro_batch_size ({cfg.micro_batch_size})")
+        raise _refuse(cfg, "batch_size", f"must be a multiple of micro_batch_size ({cfg.micro_batch_size})")
     if not 0 <= cfg.lora_dropout < 1:
-        raise bad("lora_dropout", "must be in [0, 1)")
+        raise _refuse(cfg, "lora_dropout", "must be in [0, 1)")
     if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise bad("max_steps", "must be >= 1 or null")
-    if cfg.answer_logits_only and not cfg.padding_free:
-        raise bad("answer_logits_only", "needs padding_free=true (it keeps logits of one packed sequence)")
-    if cfg.varlen_attention and not cfg.padding_free:
-        raise bad("varlen_attention", "needs padding_free=true (it attends within each packed row)")
-    if cfg.cuda_graphs and not (cfg.varlen_attention and cfg.answer_logits_only):
-        raise bad("cuda_graphs", "needs varlen_attention=true and answer_logits_only=true (the captured loss is theirs)")
-    if cfg.cuda_graphs and (cfg.compile or cfg.gradient_checkpointing):
-        raise bad("cuda_graphs", "needs compile=false and gradient_checkpointing=false")
-    if cfg.dequantize_base and not cfg.load_in_4bit:
-        raise bad("dequantize_base", "needs load_in_4bit=true (it dequantizes the NF4 weights once)")
-    if cfg.dequantize_base and cfg.kbit_fp32_upcast:
-        raise bad("dequantize_base", "needs kbit_fp32_upcast=false (the upcast would turn the dequantized weights into fp32)")
-    if cfg.fused_lora and cfg.load_in_4bit and not cfg.dequantize_base:
-        raise bad("fused_lora", "needs dequantize_base=true or load_in_4bit=false (peft's 4-bit LoRA layers keep their own forward)")
+        raise _refuse(cfg, "max_steps", "must be >= 1 or null")
     if not cfg.lora_target_modules:
-        raise bad("lora_target_modules", "must name at least one module")
+        raise _refuse(cfg, "lora_target_modules", "must name at least one module")
+    validate_levers(cfg)
 
+
+def validate_levers(cfg: Config) -> None:
+    """The levers' own rules: which need which, and which exclude each other."""
+    needs = [
+        ("answer_logits_only", "padding_free", True, "it keeps logits of one packed sequence"),
+        ("varlen_attention", "padding_free", True, "it attends within each packed row"),
+        ("cuda_graphs", "varlen_attention", True, "the captured loss is varlen's"),
+        ("cuda_graphs", "answer_logits_only", True, "the captured loss keeps answer logits only"),
+        ("cuda_graphs", "compile", False, "a captured step cannot compile"),
+        ("cuda_graphs", "gradient_checkpointing", False, "a captured step cannot recompute"),
+        ("dequantize_base", "load_in_4bit", True, "it dequantizes the NF4 weights once"),
+        ("dequantize_base", "kbit_fp32_upcast", False, "the upcast would turn the dequantized weights into fp32"),
+    ]
+    for lever, other, wanted, why in needs:
+        if getattr(cfg, lever) and getattr(cfg, other) != wanted:
+            raise _refuse(cfg, lever, f"needs {other}={str(wanted).lower()} ({why})")
+    if cfg.fused_lora and cfg.load_in_4bit and not cfg.dequantize_base:
+        raise _refuse(cfg, "fused_lora", "needs dequantize_base=true or load_in_4bit=false (peft's 4-bit LoRA layers keep their own forward)")
+
+
+# ----------------------------------------------------------------------------- reading values
 
 def _coerce(key: str, value: Any) -> Any:
     """Turn a YAML value or a `--set` string into the field's type, or say why not."""
@@ -191,14 +222,6 @@ def _coerce(key: str, value: Any) -> Any:
     raise InputError(f"config key '{key}': expected {expected}, got {value!r}")
 
 
-def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if key not in FIELDS:
-            raise InputError(f"{source}: unknown config key '{key}'")
-        values[key] = _coerce(key, value)
-    return values
-
-
 def parse_set(items: Iterable[str]) -> dict[str, str]:
     """`--set key=value` strings to a dict (values are coerced later, per field)."""
     out: dict[str, str] = {}
@@ -210,30 +233,104 @@ def parse_set(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A config file path, or the name of one in the checkout's configs/ ("tiny-cpu", "breeze-colab-t4.yaml")."""
+def resolve_config_path(name: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """A config file: a path (relative to `relative_to` for a `base:`), or the name of a shipped one ("nano-cpu")."""
+    from tangpoem.resources import configs_dir
+
     path = Path(name)
-    if path.exists():
-        return path
-    packaged = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    if packaged.exists():
-        return packaged
-    raise InputError(f"{name}: config file not found")
+    for candidate in ([relative_to / path] if relative_to and not path.is_absolute() else []) + [path]:
+        if candidate.is_file():
+            return candidate
+        if candidate.exists():
+            raise InputError(f"{candidate}: is a directory, not a config file")
+    shipped = configs_dir() / (path.name if path.suffix else f"{path.name}.yaml")
+    if shipped.is_file() and path.parent == Path("."):
+        return shipped
+    raise InputError(f"{name}: config file not found (a path, or one of: {', '.join(shipped_config_names())})")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then overrides; validated once at the end."""
+def shipped_config_names() -> list[str]:
+    from tangpoem.resources import configs_dir
+
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise InputError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{file}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise InputError(f"{file}: cannot read it ({e.strerror})") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{file}: expected a mapping of config keys")
+    return loaded
+
+
+def file_layers(path: str | os.PathLike, relative_to: Path | None = None, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """(source, values) of a config file and its `base:` chain, the furthest base first."""
+    file = resolve_config_path(path, relative_to).resolve()
+    if file in seen:
+        raise InputError(f"{file}: 'base:' chain returns to this file ({' -> '.join(p.name for p in seen)})")
+    values = _read_yaml(file)
+    base = values.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise InputError(f"{file}: 'base:' must name a config file, got {base!r}")
+    layers = file_layers(base, file.parent, (*seen, file)) if base else []
+    return [*layers, (str(file), values)]
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                source: str = "--set") -> Config:
+    """Defaults, then the config file (its `base:` first, if any), then `overrides` (from `source`; a value of
+    None is no override). Validated once, at the end. `config_sources(cfg)` says where each value came from."""
+    layers = file_layers(path) if path is not None else []
+    layers.append((source, {k: v for k, v in (overrides or {}).items() if v is not None}))
     values: dict[str, Any] = {}
-    if path is not None:
-        file = resolve_config_path(path)
-        try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise InputError(f"{file}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"{file}: expected a mapping of config keys")
-        apply_overrides(values, loaded, str(file))
-    apply_overrides(values, overrides or {}, "--set")
-    return Config(**values)
+    sources: dict[str, str] = {}
+    for origin, layer in layers:
+        for key, value in layer.items():
+            if key not in FIELDS:
+                raise InputError(f"{origin}: unknown config key '{key}'")
+            values[key] = _coerce(key, value)
+            sources[key] = origin
+    cfg = Config(**values)
+    cfg._sources = sources  # attributes, not fields: to_dict() and == see the values only
+    cfg._layers = [origin for origin, layer in layers if layer]
+    return cfg
+
+
+def config_sources(cfg: Config) -> dict[str, str]:
+    """For each key set by a file or an override: where it came from (empty for a Config built directly)."""
+    return dict(getattr(cfg, "_sources", {}))
+
+
+def describe(cfg: Config) -> str:
+    """One line: the layers the config came from, in order, with the values each override set, e.g.
+    `config: defaults < configs/nano-cpu.yaml < --set max_steps=2`."""
+    parts = ["defaults"]
+    for origin in getattr(cfg, "_layers", []):
+        if origin.endswith((".yaml", ".yml")):
+            path = Path(origin)
+            parts.append(str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else origin)
+        else:
+            items = [f"{key}={getattr(cfg, key)!r}" for key, source in config_sources(cfg).items() if source == origin]
+            parts.append(f"{origin} {', '.join(items)}")
+    return "config: " + " < ".join(parts)
+
+
+def effective_yaml(cfg: Config) -> str:
+    """The whole effective config as YAML, with where each non-default value came from as a comment."""
+    sources = config_sources(cfg)
+    lines = ["# the effective config of this run: defaults, then the config file(s), then overrides"]
+    for section in SECTIONS:
+        lines.append(f"# --- {section}")
+        for key in keys_of(section):
+            value = yaml.safe_dump({key: getattr(cfg, key)}, allow_unicode=True, default_flow_style=True,
+                                   width=1 << 16).strip().strip("{}")
+            lines.append(value + (f"  # from {sources[key]}" if key in sources else ""))
+    return "\n".join(lines) + "\n"

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 
+from tangpoem.checkpoints import list_checkpoints
 from tangpoem.config import Config
 from tangpoem.generate import DEMO_COUPLETS, demo_rows, generate, generate_test_results, load_for_generation
-from tangpoem.notebook import grade_results, grades_table
-from tangpoem.train import list_checkpoints, train
+from tangpoem.grade.course import grade_results, grades_table
+from tangpoem.train import train
 
 
 def _show(title: str, couplets: tuple[str, ...], poems: list[str]) -> None:
@@ -36,8 +37,8 @@ def run_demo(cfg: Config) -> int:
 
     # 3. the 15 test poems, in the course's submission format
     print("\n== the test poems 測試集")
-    for path in generate_test_results(cfg):
-        print(f"wrote {path}")
+    files = generate_test_results(cfg, progress=False)
+    print(f"wrote {files.txt} and {files.json}")
 
     # 4. grading against the ground truth
     result = grade_results(cfg)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from tangpoem.checkpoints import pick_checkpoint
 from tangpoem.config import Config
+from tangpoem.console import interactive
 from tangpoem.data import Row, load_test_rows
-from tangpoem.decoding import graphed_decoding
 from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.model import load_adapter, load_base_model, load_tokenizer
 from tangpoem.prompt import INSTRUCTION
+from tangpoem.runtime import resolve_compute_dtype, resolve_device
 from tangpoem.tokens import encode_prompt
-from tangpoem.train import pick_checkpoint
 
 # The homework's three demo couplets, shown before and after fine-tuning.
 DEMO_COUPLETS = ("相見時難別亦難，東風無力百花殘。", "重帷深下莫愁堂，臥後清宵細細長。", "芳辰追逸趣，禁苑信多奇。")
@@ -79,6 +82,8 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     token position (everything after the prompt, up to the first EOS), never by splitting strings."""
     from tqdm.auto import tqdm
 
+    from tangpoem.fast.decode import graphed_decoding
+
     model.eval()
     device = next(model.parameters()).device
     gen_config, processors = fast_generation_config(cfg, tokenizer)
@@ -90,7 +95,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     graphs = graphed_decoding(model, longest) if cfg.static_cache else contextlib.nullcontext()
     # cuDNN's attention plans every new shape: the prompt's forward took 1.6 s with it on an H200, 0.04 s once planned
     with graphs, sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        for start in tqdm(range(0, len(prompts), size), desc="generate", disable=not progress):
+        for start in tqdm(range(0, len(prompts), size), desc="generate", disable=not (progress and interactive())):
             batch = {k: v.to(device) for k, v in left_pad(prompts[start : start + size], tokenizer.pad_token_id).items()}
             output = model.generate(**batch, generation_config=gen_config, logits_processor=processors)
             new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
@@ -105,13 +110,22 @@ def demo_rows(couplets: Sequence[str] = DEMO_COUPLETS) -> list[Row]:
 
 
 def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tuple[torch.nn.Module, Any, Path | None]:
-    """Base model plus the adapter picked by `checkpoint_index` ("auto"), a given adapter dir, or none (None)."""
-    model = load_base_model(cfg)
-    tokenizer = load_tokenizer(cfg)
+    """Base model plus the adapter picked by `checkpoint_index` ("auto"), a given adapter dir, or none (None).
+
+    With `dense_generation`, the NF4 weights under the adapter are then dequantized once (tangpoem.fast.dense):
+    the same products as the 4-bit layers and the adapter's own arithmetic, so the same tokens, without
+    dequantizing in every step; and the decode step can be replayed as a CUDA graph (`static_cache`)."""
+    device = resolve_device(cfg)
     if adapter == "auto":
         adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index)
+    model = load_base_model(cfg, device)
+    tokenizer = load_tokenizer(cfg)
     if adapter is not None:
         model = load_adapter(model, str(adapter))
+    if cfg.dense_generation:
+        from tangpoem.fast.dense import dequantize_4bit_layers
+
+        dequantize_4bit_layers(model, resolve_compute_dtype(cfg, device))
     model.config.use_cache = True
     return model, tokenizer, Path(adapter) if adapter else None
 
@@ -130,10 +144,24 @@ def write_results(rows: Sequence[Row], predictions: Sequence[str], results_dir: 
     return txt, js
 
 
-def generate_test_results(cfg: Config, adapter: str | Path | None = "auto") -> tuple[Path, Path]:
+@dataclass
+class SubmissionFiles:
+    txt: Path  # results.txt, the file students hand in
+    json: Path  # results.json
+    load_seconds: float  # base model, adapter and (dense_generation) dequantization
+    generate_seconds: float  # the 15 poems
+
+
+def generate_test_results(cfg: Config, adapter: str | Path | None = "auto", progress: bool = True) -> SubmissionFiles:
     """The homework's last step: the 15 test poems with the chosen checkpoint, written for submission."""
     rows = load_test_rows(cfg.data_dir)
+    started = time.perf_counter()
     model, tokenizer, used = load_for_generation(cfg, adapter)
+    loaded = time.perf_counter()
     print(f"generate: {len(rows)} test poems with {used or 'the base model (no adapter)'}")
-    predictions = generate(model, tokenizer, rows, cfg)
-    return write_results(rows, predictions, cfg.results_path)
+    predictions = generate(model, tokenizer, rows, cfg, progress=progress)
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    generated = time.perf_counter()
+    txt, js = write_results(rows, predictions, cfg.results_path)
+    return SubmissionFiles(txt, js, loaded - started, generated - loaded)

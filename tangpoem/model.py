@@ -1,4 +1,5 @@
-"""Loading the tokenizer and model: NF4 on CUDA (bitsandbytes), float32 on CPU, LoRA from the config."""
+"""Loading the tokenizer and the model: NF4 on CUDA (bitsandbytes), float32 on CPU, then the k-bit
+preparation and the LoRA adapters the config asks for."""
 
 from __future__ import annotations
 
@@ -7,35 +8,19 @@ from typing import Any, Iterator
 
 import torch
 
+from tangpoem.builtin import is_builtin, load_builtin_model, load_builtin_tokenizer
 from tangpoem.config import BREEZE, TAIDE, Config
-from tangpoem.errors import InputError
+from tangpoem.errors import InputError, say, setting
+from tangpoem.runtime import resolve_compute_dtype, resolve_device
 
 # What we know about the course's two models; any other causal-LM id or local path works too.
 PRESETS: dict[str, dict[str, Any]] = {
     BREEZE: {"architecture": "mistral", "gated": False},
-    TAIDE: {"architecture": "llama", "gated": True},  # needs `huggingface-cli login` (never put the token in a notebook)
+    TAIDE: {"architecture": "llama", "gated": True},  # needs a hub login (never put the token in a notebook)
 }
 
 
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("config key 'device' = 'cuda': no CUDA GPU is visible; use device=auto or cpu")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def resolve_compute_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it (Ampere+), fp16 on older GPUs such as Colab's T4, fp32 on CPU."""
-    if cfg.compute_dtype != "auto":
-        dtype = getattr(torch, cfg.compute_dtype)
-        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise InputError("config key 'compute_dtype' = 'bfloat16': this GPU has no bf16; use float16 or auto")
-        return dtype
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
+# ----------------------------------------------------------------------------- tokenizer
 
 def fix_pad_token(tokenizer: Any) -> Any:
     """Llama/Mistral tokenizers ship without a pad token. Pad with <unk> where there is one, not with
@@ -47,8 +32,8 @@ def fix_pad_token(tokenizer: Any) -> Any:
 
 def load_tokenizer(cfg: Config) -> Any:
     name = cfg.model_name_or_path
-    if name in _builtin_names():
-        tokenizer = _builtin_tokenizer(name, cfg.data_dir)
+    if is_builtin(name):
+        tokenizer = load_builtin_tokenizer(name, cfg.data_dir)
     else:
         from transformers import AutoTokenizer
 
@@ -67,6 +52,8 @@ def _loading(name: str) -> Iterator[None]:
         raise InputError(f"config key 'model_name_or_path' = {name!r}: cannot load it ({first})") from None
 
 
+# ----------------------------------------------------------------------------- the base model
+
 def quantization_config(compute_dtype: torch.dtype) -> Any:
     """The homework's 4-bit setup: NF4 weights, double quantization, matmuls in `compute_dtype`."""
     from transformers import BitsAndBytesConfig
@@ -83,19 +70,21 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
     """The base model, quantized to NF4 (double quantization) when `load_in_4bit` and on CUDA."""
     device = device or resolve_device(cfg)
     dtype = resolve_compute_dtype(cfg, device)
-    if cfg.load_in_4bit and device.type != "cuda":
-        raise InputError(
-            "config key 'load_in_4bit' = True: 4-bit NF4 needs a CUDA GPU; set load_in_4bit=false to run in float32 on CPU"
-        )
     name = cfg.model_name_or_path
-    if name in _builtin_names():
-        model = _builtin_model(name, cfg.data_dir)
+    if cfg.load_in_4bit and device.type != "cuda":
+        raise InputError(f"config key 'load_in_4bit' = True: 4-bit NF4 needs a CUDA GPU; "
+                         f"set {setting('load_in_4bit', False)} to run in float32 on the CPU")
+    if is_builtin(name):
         if cfg.load_in_4bit:
-            raise InputError(f"config key 'load_in_4bit' = True: the built-in model {name} is not quantizable; set it to false")
+            raise InputError(f"config key 'load_in_4bit' = True: the built-in model {name} is not quantizable; "
+                             f"set {setting('load_in_4bit', False)}")
+        model = load_builtin_model(name, load_builtin_tokenizer(name, cfg.data_dir))
         model = model.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
     else:
         from transformers import AutoModelForCausalLM
 
+        if device.type == "cpu":
+            refuse_too_big_for_cpu(cfg)
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
         if cfg.load_in_4bit:
             kwargs["quantization_config"] = quantization_config(dtype)
@@ -108,77 +97,49 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
     return model
 
 
-def is_linear4bit(module: torch.nn.Module) -> bool:
-    """A bitsandbytes Linear4bit, told by name so that CPU-only installs need not import bitsandbytes."""
-    return type(module).__name__ == "Linear4bit"
+def refuse_too_big_for_cpu(cfg: Config, available_bytes: int | None = None) -> None:
+    """A 7B model in float32 needs ~30 GB, where a Colab CPU runtime has ~12 GB: say so before loading,
+    instead of letting the kernel die. The size comes from the model's config alone (no weights read)."""
+    import psutil
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _loading(cfg.model_name_or_path):
+        config = AutoConfig.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        parameters = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code).num_parameters()
+    needed = parameters * 4  # float32
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    if needed > 0.9 * available:
+        raise InputError(
+            f"config key 'model_name_or_path' = {cfg.model_name_or_path!r}: {parameters / 1e9:.1f} B parameters need "
+            f"~{needed / 2**30:.0f} GiB in float32 on a CPU, and this machine has {available / 2**30:.0f} GiB free; "
+            f"use a GPU runtime (Colab: Runtime > Change runtime type > T4 GPU), or the CPU model: "
+            + say("`--config nano-cpu`", '`config_file = "nano-cpu"`'))
 
 
-def dequantized_weight(linear: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The dense weight of a Linear or a bitsandbytes Linear4bit: for NF4, exactly the values each
-    4-bit matmul dequantizes to before multiplying."""
-    if is_linear4bit(linear):
-        import bitsandbytes as bnb
+# ----------------------------------------------------------------------------- training preparation and LoRA
 
-        return bnb.functional.dequantize_4bit(linear.weight.data, linear.weight.quant_state).to(dtype)
-    return linear.weight.detach().to(dtype, copy=True)  # a copy: callers add LoRA deltas to it
-
-
-def dense_linear(base: torch.nn.Module, weight: torch.Tensor) -> torch.nn.Linear:
-    """A frozen nn.Linear of `base`'s shape holding `weight` (and `base`'s bias, in weight's dtype)."""
-    linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                             device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if base.bias is not None:
-            linear.bias.copy_(base.bias.to(weight.dtype))
-    return linear.requires_grad_(False)
-
-
-def replace_module(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
-
-
-@torch.no_grad()
-def dequantize_4bit_layers(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Replace every Linear4bit with a frozen Linear holding its dequantized weight; returns how many.
-
-    Same forward values as the 4-bit layers (which dequantize on every call), without the per-call
-    dequantization: a big GPU trades ~2 bytes a parameter of memory for speed."""
-    replaced = [(name, module) for name, module in model.named_modules() if is_linear4bit(module)]
-    for name, module in replaced:
-        replace_module(model, name, dense_linear(module, dequantized_weight(module, dtype)))
-    return len(replaced)
+def _checkpointing_on(model: torch.nn.Module) -> None:
+    # non-reentrant: works with frozen inputs and under DDP
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()  # so checkpointed blocks see an input that needs grad
 
 
 def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
-    """k-bit preparation for a 4-bit model, gradient checkpointing when the config asks for it."""
+    """The homework's k-bit preparation for a 4-bit model (or, with kbit_fp32_upcast off, everything frozen
+    in its own dtype), and gradient checkpointing when the config asks for it."""
     from peft import prepare_model_for_kbit_training
 
-    checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs and under DDP
-    if not cfg.gradient_checkpointing and getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()  # a base model reused from an earlier run may have it on
-    if cfg.dequantize_base and getattr(model, "is_loaded_in_4bit", False):
-        dequantize_4bit_layers(model, resolve_compute_dtype(cfg, next(model.parameters()).device))
-    if getattr(model, "is_loaded_in_4bit", False) and not cfg.kbit_fp32_upcast:
-        # bf16 on sm80+ trains stably without fp32 norms; skipping the cast saves the copies it causes
-        for param in model.parameters():
-            param.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
-            model.enable_input_require_grads()
-        return model
-    if getattr(model, "is_loaded_in_4bit", False):
-        # Current peft API (the homework's prepare_model_for_int8_training is gone): casts norms to
-        # fp32 and enables input gradients so checkpointing works with frozen 4-bit weights.
-        return prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs=checkpointing_kwargs,
-        )
+    quantized = getattr(model, "is_loaded_in_4bit", False)
+    if quantized and cfg.kbit_fp32_upcast:
+        # Current peft API (the homework's prepare_model_for_int8_training is gone): freezes every weight,
+        # casts the norms and embeddings to fp32 (stable in fp16), and turns on checkpointing with input gradients.
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    for param in model.parameters():
+        param.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
-        model.enable_input_require_grads()
+        _checkpointing_on(model)
     return model
 
 
@@ -208,48 +169,12 @@ def add_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
 
 
 def load_adapter(model: torch.nn.Module, adapter_dir: str, trainable: bool = False) -> torch.nn.Module:
+    """A saved LoRA adapter on the base model (peft's PeftModel), for generation or to train on."""
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
 
 
-def compile_decoder_layers(model: torch.nn.Module) -> int:
-    """torch.compile each decoder layer (regional compilation): identical layers reuse the compiled code,
-    and the norms, RoPE, SwiGLU and LoRA's small ops become a few fused kernels. Sequence lengths vary
-    from step to step, so the layers are compiled for dynamic shapes."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    for layer in layers:
-        layer.compile(dynamic=True)
-    return len(layers)
-
-
 def load_model(cfg: Config) -> tuple[torch.nn.Module, Any]:
-    """Tokenizer and base model with fresh LoRA adapters, ready to train."""
-    tokenizer = load_tokenizer(cfg)
-    return add_lora(load_base_model(cfg), cfg), tokenizer
-
-
-def _builtin_names() -> tuple[str, ...]:
-    from tangpoem.nano import NANO_NAME
-    from tangpoem.tiny import TINY_MODELS
-
-    return TINY_MODELS + (NANO_NAME,)
-
-
-def _builtin_tokenizer(name: str, data_dir: str | None = None) -> Any:
-    """The tokenizer of a model that ships with (nano) or is built by (tiny-*) tangpoem."""
-    from tangpoem import nano, tiny
-
-    if name == nano.NANO_NAME:
-        return nano.load_tokenizer()
-    return tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[name], data_dir=data_dir)  # trained on the course text
-
-
-def _builtin_model(name: str, data_dir: str | None = None) -> torch.nn.Module:
-    from tangpoem import nano, tiny
-
-    if name == nano.NANO_NAME:
-        return nano.load_model()
-    return tiny.build_model(name, _builtin_tokenizer(name, data_dir))
+    """Tokenizer and base model with fresh LoRA adapters, ready to train (what `train.prepare` does first)."""
+    return add_lora(load_base_model(cfg), cfg), load_tokenizer(cfg)

@@ -9,6 +9,7 @@ OUT: the executed notebooks, `config.yaml` (the effective config), `index.json` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -17,13 +18,12 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from tangpoem.config import FIELDS, Config, load_config
+from tangpoem.config import FIELDS, Config, effective_yaml, load_config
 from tangpoem.data import resolve_data_dir
 from tangpoem.errors import InputError
 from tangpoem.io import atomic_write_json, atomic_write_text
+from tangpoem.resources import NOTEBOOK_GLOB, checkout_notebooks, notebooks_dir
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # the checkout's notebooks/
-NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # numbered, run in name order
 KERNEL_NAME = "python3"  # passed explicitly: a kernel name stored in a notebook may not exist here
 CONFIG_FILE_PARAMETER = "config_file"
 
@@ -45,8 +45,12 @@ class NotebookFailed(Exception):
         self.runs = runs
 
 
-def find_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
-    root = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+def find_notebooks(folder: str | Path | None = None) -> list[Path]:
+    """The numbered notebooks of `folder`; by default those of the checkout the user stands in, else the
+    ones installed with tangpoem."""
+    root = Path(folder) if folder else (checkout_notebooks() or notebooks_dir())
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder of notebooks; pass --notebooks DIR")
     found = sorted(root.glob(NOTEBOOK_GLOB))
     if not found:
         raise InputError(f"{root}: no numbered notebooks (NN_name.ipynb) here; pass --notebooks DIR")
@@ -60,7 +64,10 @@ def declared_parameters(notebook: Path) -> set[str]:
 
     import nbformat
 
-    cells = [c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    try:
+        cells = [c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    except (OSError, ValueError, AttributeError) as e:  # unreadable, not JSON, not a notebook
+        raise InputError(f"{notebook}: not a readable notebook ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     if len(cells) != 1:
         raise InputError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
     try:
@@ -76,16 +83,15 @@ def _plain(value: Any) -> Any:
 
 
 def effective_config(config_path: str | Path | None, out_dir: Path, parameters: Mapping[str, Any]) -> Config:
-    """The config file plus the config keys among `parameters`; output_dir (default OUT/run) and
-    data_dir made absolute, because the kernels run with OUT as their working directory."""
+    """The config file plus the config keys among `parameters` (-p), by the one rule; output_dir (default
+    OUT/run), data_dir and results_dir made absolute, because the kernels run with OUT as their working directory."""
     overrides = {k: v for k, v in parameters.items() if k in FIELDS}
-    overrides.setdefault("output_dir", str(out_dir / "run"))
-    cfg = load_config(config_path, overrides)
-    cfg.output_dir = str(Path(cfg.output_dir).resolve())
-    cfg.data_dir = str(resolve_data_dir(cfg.data_dir).resolve())
+    cfg = load_config(config_path, overrides, source="-p")
+    paths = {"output_dir": str(Path(overrides.get("output_dir") or out_dir / "run").resolve()),
+             "data_dir": str(resolve_data_dir(cfg.data_dir).resolve())}
     if cfg.results_dir:
-        cfg.results_dir = str(Path(cfg.results_dir).resolve())
-    return cfg
+        paths["results_dir"] = str(Path(cfg.results_dir).resolve())
+    return load_config(config_path, {**overrides, **paths}, source="-p")
 
 
 def _failure(notebook: Path, output: Path, error: Exception) -> str:
@@ -117,15 +123,14 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
     """Execute every numbered notebook in order with papermill; raise NotebookFailed at the first failing cell.
 
     `parameters` are config keys (applied on top of the config file) or parameters that some
-    notebook declares (e.g. `mount_drive`); anything else is refused. Each notebook receives the
-    config's values for the parameters it declares, plus `config_file` = OUT/config.yaml.
+    notebook declares (e.g. `mount_drive`); anything else is refused. The effective config is written
+    once, to OUT/config.yaml; each notebook gets it as `config_file` (its config knobs stay unset, so they
+    keep the file's values) and the other parameters it declares.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from tangpoem.train import list_checkpoints
+    from tangpoem.checkpoints import list_checkpoints
 
     notebooks = find_notebooks(notebooks_dir)
+    log(f"notebooks: {len(notebooks)} from {notebooks[0].parent}")
     declared = {nb: declared_parameters(nb) for nb in notebooks}
     known = set(FIELDS).union(*declared.values())
     for key in parameters:
@@ -138,12 +143,27 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
     if list_checkpoints(cfg.output_dir) and not resume:
         raise InputError(f"{cfg.output_dir}: holds checkpoints of an earlier run; choose another --out, "
                          "or pass -p resume true")
-    config_file = atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False))
-    values = {**cfg.to_dict(), CONFIG_FILE_PARAMETER: str(config_file),
-              **{k: _plain(v) for k, v in parameters.items() if k not in FIELDS}}
+    # The notebooks' knobs stay unset (None) and so keep this file's values: one rule, one place.
+    config_file = atomic_write_text(out / "config.yaml", effective_yaml(cfg))
+    values = {CONFIG_FILE_PARAMETER: str(config_file), **{k: _plain(v) for k, v in parameters.items() if k not in FIELDS}}
 
     runs = [NotebookRun(str(nb), str(out / nb.name), "not run") for nb in notebooks]
     write_index(out, cfg, runs)
+    headless = os.environ.get("TANGPOEM_HEADLESS")
+    os.environ["TANGPOEM_HEADLESS"] = "1"  # the kernels inherit it: log lines, not live progress bars
+    try:
+        _execute(notebooks, runs, declared, values, out, cfg, log)
+    finally:
+        if headless is None:
+            del os.environ["TANGPOEM_HEADLESS"]
+    return runs
+
+
+def _execute(notebooks: list[Path], runs: list[NotebookRun], declared: dict[Path, set[str]], values: dict[str, Any],
+             out: Path, cfg: Config, log: Callable[[str], None]) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     for nb, run in zip(notebooks, runs):
         started = time.perf_counter()
         log(f"run  {nb.name} ...")
@@ -158,7 +178,6 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
         run.status, run.seconds = "ok", time.perf_counter() - started
         log(f"ok   {nb.name} ({run.seconds:.1f} s) -> {run.output}")
         write_index(out, cfg, runs)
-    return runs
 
 
 # ----------------------------------------------------------------------------- the command
@@ -173,7 +192,8 @@ def add_notebooks_arguments(parser: argparse.ArgumentParser) -> None:
                      help="where the executed notebooks, index.md/json and (by default) the run's outputs go")
     run.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
                      metavar=("KEY", "VALUE"), help="a config key or notebook parameter (repeatable), e.g. -p max_steps 4")
-    run.add_argument("--notebooks", metavar="DIR", help=f"the notebooks to run (default: {NOTEBOOKS_DIR})")
+    run.add_argument("--notebooks", metavar="DIR", help="the notebooks to run (default: the checkout's notebooks/ "
+                                                         "when run from a tangpoem checkout, else the installed ones)")
 
 
 def run_notebooks(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from tangpoem.prompt import INSTRUCTION, course_prompt
 
 # Two vocabularies of different sizes (as Breeze's and TAIDE's differ), so merges differ between them.
 TINY_VOCAB_SIZES = {"tiny-mistral": 5000, "tiny-llama": 6000}
-TINY_MODELS = tuple(TINY_VOCAB_SIZES)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 # The Llama-2 chat template (as TAIDE's), so the chat_template prompt mode can be tested offline.
 LLAMA2_CHAT_TEMPLATE = (
@@ -86,4 +85,4 @@ def build_model(name: str, tokenizer: Any, seed: int = 0) -> torch.nn.Module:
         return MistralForCausalLM(MistralConfig(sliding_window=None, **common))
     if name == "tiny-llama":
         return LlamaForCausalLM(LlamaConfig(**common))
-    raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(TINY_MODELS)}")
+    raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(TINY_VOCAB_SIZES)}")

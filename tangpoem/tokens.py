@@ -124,3 +124,11 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     targets = labels[0, 1:]
     keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
     return keep, targets[keep]
+
+
+def packed_kwargs(lengths: Sequence[int], device: torch.device | str) -> dict[str, Any]:
+    """The model-call kwargs that tell the varlen kernel where each packed row starts and ends
+    (transformers' names for them, as its own padding-free collator passes them)."""
+    bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
+    longest = max(lengths)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tangpoem.attention as attention
+import tangpoem.fast.attention as attention
 from tangpoem.errors import InputError
 from tangpoem.model import load_tokenizer
 from tangpoem.tiny import build_model
-from tangpoem.tokens import encode_training_rows, pack
+from tangpoem.tokens import encode_training_rows, pack, packed_kwargs
 from tangpoem.data import load_train_rows
 from attention_helpers import reference_kernel
 
@@ -22,7 +22,7 @@ def _packed(tiny_config, n=5):
 
 
 def test_packed_kwargs_are_the_rows_cumulative_lengths():
-    kwargs = attention.packed_kwargs([3, 5, 2], "cpu")
+    kwargs = packed_kwargs([3, 5, 2], "cpu")
     assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 8, 10] and kwargs["cu_seq_lens_q"].dtype == torch.int32
     assert kwargs["max_length_q"] == kwargs["max_length_k"] == 5
 
@@ -38,7 +38,7 @@ def test_varlen_attention_gives_the_block_masked_sdpa_outputs(tiny_config, monke
         sdpa = model(**inputs, use_cache=False).logits
         with attention.varlen_attention(model):
             assert model.config._attn_implementation == attention.VARLEN
-            varlen = model(**inputs, **attention.packed_kwargs([len(r.input_ids) for r in rows], "cpu"), use_cache=False).logits
+            varlen = model(**inputs, **packed_kwargs([len(r.input_ids) for r in rows], "cpu"), use_cache=False).logits
             with pytest.raises(ValueError, match="needs packed rows"):
                 model(**inputs, use_cache=False)
         assert model.config._attn_implementation == "sdpa"
@@ -72,7 +72,7 @@ def test_varlen_kernel_matches_block_masked_sdpa_on_the_gpu(tiny_config):
 
     sdpa = run()
     with attention.varlen_attention(model):
-        varlen = run(**attention.packed_kwargs([len(r.input_ids) for r in rows], "cuda"))
+        varlen = run(**packed_kwargs([len(r.input_ids) for r in rows], "cuda"))
     assert torch.allclose(varlen[1], sdpa[1], rtol=1e-2)
     assert (varlen[0] - sdpa[0]).abs().max() < 0.05 * sdpa[0].abs().max()
     assert (varlen[2] - sdpa[2]).norm() < 0.05 * sdpa[2].norm()
@@ -108,7 +108,7 @@ def test_varlen_kernel_speaks_both_torch_spellings(monkeypatch):
 def test_rows_longer_than_the_sliding_window_are_refused(monkeypatch):
     monkeypatch.setattr(attention, "varlen_kernel", reference_kernel)
     q = torch.randn(1, 4, 10, 8)
-    kwargs = attention.packed_kwargs([6, 4], "cpu")
+    kwargs = packed_kwargs([6, 4], "cpu")
     out, _ = attention.varlen_attention_forward(None, q, q, q, None, sliding_window=8, **kwargs)
     assert out.shape == (1, 10, 4, 8)
     with pytest.raises(ValueError, match="exceed the model's sliding window 4"):

@@ -11,7 +11,7 @@ from tangpoem.cli import main
         (["train", "--config", "tiny-cpu", "--set", "top_p=1.5"], "error: config key 'top_p' = 1.5: must be in (0, 1]"),
         (["train", "--config", "tiny-cpu", "--set", "learning_rate=-3e-4"], "error: config key 'learning_rate' = -0.0003: must be > 0"),
         (["train", "--config", "tiny-cpu", "--set", "no_such_key=1"], "error: --set: unknown config key 'no_such_key'"),
-        (["train", "--config", "no-such-config"], "error: no-such-config: config file not found"),
+        (["train", "--config", "no-such-config"], "error: no-such-config: config file not found (a path, or one of: breeze-colab-t4"),
         (["generate", "--config", "tiny-cpu", "--set", "top_k=-1"], "error: config key 'top_k' = -1: must be >= 0"),
         (["data", "check", "--data-dir", "/nonexistent"], "error: /nonexistent/Tang_training_data.json: file not found"),
     ],
@@ -34,7 +34,7 @@ def test_4bit_without_cuda_is_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error is for CPU-only machines")
     assert main(["generate", "--config", "tiny-cpu", "--set", "load_in_4bit=true", "--set", "model_name_or_path=/some/model", "--no-adapter"]) == 2
-    assert "4-bit NF4 needs a CUDA GPU; set load_in_4bit=false" in capsys.readouterr().err
+    assert "4-bit NF4 needs a CUDA GPU; set `--set load_in_4bit=false`" in capsys.readouterr().err
 
 
 def test_data_check_and_checkpoints(course_dir, tmp_path, capsys):

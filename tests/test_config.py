@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tangpoem.config import Config, load_config, parse_set
+from tangpoem.config import Config, keys_of, load_config, parse_set
 from tangpoem.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,16 +32,16 @@ LAYOUT_KEYS = {"micro_batch_size", "padding_free", "answer_logits_only", "kbit_f
 
 @pytest.mark.parametrize("name", ["breeze-colab-t4", "taide-colab-t4", "breeze-h100"])
 def test_gpu_configs_keep_the_homeworks_training(name):
-    """The GPU configs differ from the defaults (the homework's values) in layout and speed levers only."""
+    """The GPU configs differ from the defaults (the homework's values) in layout, speed levers and how often
+    they save only (balanced_steps changes which shuffled rows share a step; not how many, nor the schedule)."""
     cfg, defaults = load_config(name).to_dict(), Config().to_dict()
-    levers = LAYOUT_KEYS | {"gradient_checkpointing", "compute_dtype", "dequantize_base", "compile", "static_cache",
-                            "varlen_attention", "cuda_graphs", "fused_rms_norm", "fused_lora",
-                            "balanced_steps"}  # which shuffled rows share a step; not how many, nor the schedule
-    where = {"model_name_or_path", "output_dir"}
+    levers = set(keys_of("levers")) | {"micro_batch_size", "gradient_checkpointing", "compute_dtype"}
+    where = {"model_name_or_path", "output_dir", "save_steps"}
     differ = {k for k in cfg if cfg[k] != defaults[k]}
     assert differ <= levers | where, differ - levers - where
-    if name.endswith("colab-t4"):  # a T4: no bf16, no compiled kernels, checkpointing kept
+    if name.endswith("colab-t4"):  # a T4: no bf16, no compiled kernels, checkpointing kept; a save every 10 steps
         assert differ - where == LAYOUT_KEYS | {"fused_rms_norm"}
+        assert cfg["save_steps"] == 10
 
 
 def test_set_overrides_are_typed():

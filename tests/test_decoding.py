@@ -6,7 +6,8 @@ from transformers import NoRepeatNGramLogitsProcessor
 
 from tangpoem import tiny
 from tangpoem.data import load_test_rows
-from tangpoem.decoding import DeviceNoRepeatNGram, merge_lora_dequantized
+from tangpoem.decoding import DeviceNoRepeatNGram
+from tangpoem.fast.dense import merge_lora_dequantized
 from tangpoem.generate import fast_generation_config, generate, generation_config, left_pad
 from tangpoem.model import add_lora, fix_pad_token
 from tangpoem.tokens import encode_prompt
@@ -95,7 +96,7 @@ def test_fast_path_applies_exactly_our_processors_in_order(tiny_model, tiny_conf
 
 def test_graphed_decoding_leaves_cpu_models_to_transformers():
     """On the CPU (and for 4-bit models) generate keeps transformers' own decode step: nothing is patched."""
-    from tangpoem.decoding import GraphedDecodeStep, graphed_decoding
+    from tangpoem.fast.decode import GraphedDecodeStep, graphed_decoding
     from tangpoem.tiny import build_model, build_tokenizer
 
     model = build_model("tiny-mistral", build_tokenizer())
@@ -114,7 +115,7 @@ def test_sliding_window_caches_are_never_replayed_and_the_window_lifts_within_it
     from transformers import MistralConfig, MistralForCausalLM
     from transformers.cache_utils import StaticLayer
 
-    from tangpoem.decoding import GraphedDecodeStep, full_attention_within_window
+    from tangpoem.fast.decode import GraphedDecodeStep, full_attention_within_window
 
     config = MistralConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, sliding_window=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -8,7 +8,7 @@ import torch
 
 from tangpoem.config import Config
 from tangpoem.errors import InputError
-from tangpoem.fused import fused_lora, fused_rms_norm
+from tangpoem.fast.fused import fused_lora, fused_rms_norm
 from tangpoem.model import load_model
 
 
@@ -166,7 +166,7 @@ def test_fused_rms_norm_leaves_other_norms_alone():
 
 
 def test_a_fused_mode_with_nothing_to_fuse_is_a_config_error(tiny_config, monkeypatch):
-    import tangpoem.fused as fused
+    import tangpoem.fast.fused as fused
     from tangpoem.train import train
 
     monkeypatch.setattr(fused, "_is_rms_norm", lambda module: False)  # as for a model whose norms are of another kind

@@ -111,7 +111,8 @@ def test_a_failed_write_leaves_the_old_results_whole(tmp_path, monkeypatch):
 def test_train_then_generate_writes_15_well_formed_lines(tiny_config, course_dir):
     cfg = tiny_config(num_train_data=16, max_steps=4, max_new_tokens=16)
     train(cfg)
-    txt, js = generate_test_results(cfg)
+    files = generate_test_results(cfg)
+    txt, js = files.txt, files.json
     lines = txt.read_text(encoding="utf-8").splitlines()
     test_rows = load_test_rows(course_dir)
     assert len(lines) == 15

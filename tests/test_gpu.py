@@ -65,7 +65,8 @@ def test_train_and_generate_in_4bit(small_mistral, tmp_path, course_dir, compute
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
     assert min(losses[-2:]) < losses[0]
     assert [p.name for p in result.checkpoints] == ["checkpoint-4", "checkpoint-8"]
-    txt, js = generate_test_results(cfg)
+    files = generate_test_results(cfg)
+    txt, js = files.txt, files.json
     lines = txt.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 15
     for number, (line, row) in enumerate(zip(lines, load_test_rows(course_dir)), start=1):
@@ -85,7 +86,7 @@ def test_resume_on_gpu(small_mistral, tmp_path, course_dir):
 def test_fast_recipe_and_merged_generation_on_gpu(small_mistral, tmp_path, course_dir):
     """breeze-h100's levers on a 4-bit model: packed rows, answer-only logits, bf16 norms; then the
     adapter merged into dequantized weights computes what the 4-bit model with its adapter computes."""
-    from tangpoem.decoding import merge_lora_dequantized
+    from tangpoem.fast.dense import merge_lora_dequantized
     from tangpoem.tokens import encode_prompt
 
     cfg = gpu_config(small_mistral, tmp_path, course_dir, gradient_checkpointing=False, padding_free=True,
@@ -107,7 +108,8 @@ def test_dequantized_compiled_training_and_static_cache_generation(small_mistral
     """breeze-h100's other levers: the NF4 weights dequantized once, compiled decoder layers; the loss
     follows the 4-bit run's; then greedy generation through the static cache, its decode step replayed as
     a CUDA graph, gives the tokens of the dynamic cache, in generate's own calls and in tangpoem's."""
-    from tangpoem.decoding import graphed_decoding, merge_lora_dequantized
+    from tangpoem.fast.decode import graphed_decoding
+    from tangpoem.fast.dense import merge_lora_dequantized
     from tangpoem.generate import fast_generation_config, generate, left_pad
     from tangpoem.tokens import encode_prompt
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tangpoem.attention as attention
+import tangpoem.fast.attention as attention
 from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError
-from tangpoem.graphs import PackedLoss, static_batch, static_shape
+from tangpoem.fast.graphs import PackedLoss, static_batch, static_shape
 from tangpoem.model import load_tokenizer
 from tangpoem.tiny import build_model
 from tangpoem.tokens import count_label_tokens, encode_training_rows, pack
-from tangpoem.train import forward_loss
+from tangpoem.train import answer_logits_loss
 from attention_helpers import reference_kernel
 
 
@@ -50,14 +50,14 @@ def test_padded_batch_gives_the_packed_loss(tiny_config, monkeypatch):
         assert (targets == -100).sum() == shape.answers - count_label_tokens(micro)
         num_items = count_label_tokens(micro)
         with torch.no_grad():
-            expected = forward_loss(model, pack(micro), num_items, answer_logits_only=True)
+            expected = answer_logits_loss(model, pack(micro), num_items)
             with attention.varlen_attention(model):
                 padded = PackedLoss(model, shape.length)(input_ids, position_ids, bounds, keep, targets) / num_items
         assert torch.allclose(padded, expected, atol=1e-5)
 
 
 def test_own_gradients_never_lets_a_replay_buffer_become_a_grad():
-    from tangpoem.graphs import GraphedLoss
+    from tangpoem.fast.graphs import GraphedLoss
 
     missing, present = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
     present.grad = kept = torch.full((2,), 5.0)
@@ -71,13 +71,15 @@ def test_cuda_graphs_are_refused_where_they_cannot_work(tiny_config, monkeypatch
     import tangpoem.train as train_module
 
     layout = {"padding_free": True, "answer_logits_only": True, "varlen_attention": True}
-    with pytest.raises(InputError, match="cuda_graphs.*needs varlen_attention=true and answer_logits_only=true"):
+    with pytest.raises(InputError, match="cuda_graphs.*needs varlen_attention=true"):
         tiny_config(cuda_graphs=True, padding_free=True, answer_logits_only=True)
-    with pytest.raises(InputError, match="cuda_graphs.*needs compile=false and gradient_checkpointing=false"):
+    with pytest.raises(InputError, match="cuda_graphs.*needs answer_logits_only=true"):
+        tiny_config(cuda_graphs=True, padding_free=True, varlen_attention=True)
+    with pytest.raises(InputError, match="cuda_graphs.*needs gradient_checkpointing=false"):
         tiny_config(cuda_graphs=True, gradient_checkpointing=True, **layout)
     with pytest.raises(InputError, match="cuda_graphs.*needs compile=false"):
         tiny_config(cuda_graphs=True, compile=True, **layout)
     monkeypatch.setattr(train_module, "setup_distributed", lambda: train_module.Distributed(rank=0, world_size=2))
-    monkeypatch.setattr(train_module, "check_varlen_device", lambda device: None)
+    monkeypatch.setattr(attention, "check_varlen_device", lambda device: None)
     with pytest.raises(InputError, match="cuda_graphs' = True: one GPU only"):
         train_module.train(tiny_config(cuda_graphs=True, max_steps=1, **layout))

@@ -6,7 +6,8 @@ import torch
 from tangpoem import tiny
 from tangpoem.config import Config
 from tangpoem.errors import InputError
-from tangpoem.model import add_lora, fix_pad_token, load_model, resolve_compute_dtype
+from tangpoem.model import add_lora, fix_pad_token, load_model
+from tangpoem.runtime import resolve_compute_dtype
 
 
 def test_load_model_gives_lora_on_every_target(tiny_config, tiny_name):
@@ -51,7 +52,7 @@ def test_dequantized_base_computes_what_the_4bit_layers_do():
     dequantizes to. bitsandbytes quantizes on the CPU too, so this runs without a GPU."""
     import bitsandbytes as bnb
 
-    from tangpoem.model import dequantize_4bit_layers
+    from tangpoem.fast.dense import dequantize_4bit_layers
 
     def nf4(linear: torch.nn.Linear) -> torch.nn.Module:
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,

@@ -64,26 +64,28 @@ def test_code_cells_are_short_steps_with_prose_first(path):
 
 
 def test_notebooks_match_their_generator():
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "notebooks" / "build_notebooks.py")
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name, cells in module.NOTEBOOKS.items():
         built = nbformat.writes(module.build(cells)) + "\n"
         assert (REPO / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8") == built, \
-            f"{name}.ipynb differs from notebooks/build_notebooks.py; run it"
+            f"{name}.ipynb differs from scripts/build_notebooks.py; run it"
 
 
-def test_config_values_are_notebook_defaults():
-    """With no config file, each notebook's knobs default to the homework's values (Config's defaults)."""
+def test_config_knobs_are_unset_and_say_the_homeworks_value():
+    """Every config knob of a parameters cell is None (it keeps the config file's value), and its comment
+    gives the homework's value (Config's default) and the field's help text."""
     from tangpoem.config import FIELDS, Config
 
-    defaults = Config().to_dict()
     for path in NOTEBOOKS:
         cell = next(c for c in read(path).cells if "parameters" in c.metadata.get("tags", []))
+        lines = {line.split(" = ")[0]: line for line in cell.source.splitlines()}
         for node in ast.parse(cell.source).body:
             name = node.targets[0].id
             if name in FIELDS:
-                assert ast.literal_eval(node.value) == defaults[name], f"{path.name}: {name}"
+                assert ast.literal_eval(node.value) is None, f"{path.name}: {name}"
+                assert f"homework: {getattr(Config(), name)!r}; {FIELDS[name].metadata['help']}" in lines[name], name
 
 
 # ----------------------------------------------------------------------------- the runner's errors
@@ -97,7 +99,7 @@ def test_unknown_parameter_is_one_line_and_status_2(tmp_path, capsys):
 
 def test_missing_config_and_bad_value_are_status_2(tmp_path, capsys):
     assert main(["notebooks", "run", "--config", "no-such-config", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == "error: no-such-config: config file not found\n"
+    assert capsys.readouterr().err.startswith("error: no-such-config: config file not found (a path, or one of: breeze-colab-t4, ")
     assert main(["notebooks", "run", "--config", "nano-cpu", "--out", str(tmp_path), "-p", "top_p", "2"]) == 2
     assert capsys.readouterr().err == "error: config key 'top_p' = 2.0: must be in (0, 1]\n"
 
@@ -156,7 +158,7 @@ def test_the_hub_token_never_reaches_the_notebook(tmp_path, monkeypatch):
 def test_hub_login_headless_without_a_token_does_not_wait(monkeypatch):
     import getpass
 
-    from tangpoem import notebook
+    from tangpoem import lessons as notebook
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
 

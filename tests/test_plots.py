@@ -6,7 +6,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from tangpoem import notebook, plots
+from tangpoem import lessons as notebook, plots
 from tangpoem.config import Config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -64,14 +64,19 @@ def test_table_shows_as_markdown_and_text():
     assert str(wide).splitlines() == ["#   詩", "1   白日", "10  ab"]  # a CJK character is two columns wide
 
 
-def test_config_from_parameters_knobs_override_the_file():
-    cfg = notebook.config_from_parameters("nano-cpu", {"learning_rate": 1e-4, "output_dir": "x"})
-    assert cfg.model_name_or_path == "tangpoem-nano" and cfg.learning_rate == 1e-4 and cfg.output_dir == "x"
+def test_notebook_knobs_follow_the_one_rule():
+    """A knob that is set wins over the config file, even at the homework's own value (the old rule kept
+    nano-cpu's learning rate when the knob equalled Config's default); a knob left None keeps the file's."""
+    from tangpoem.config import config_sources, load_config
+
+    nano = load_config("nano-cpu")
+    assert (nano.learning_rate, nano.lora_r) != (3e-4, 8)  # so that the override below is visible
+    cfg = notebook.config_from_parameters("nano-cpu", {"learning_rate": 3e-4, "lora_r": 8, "output_dir": "x", "max_steps": None})
+    assert (cfg.model_name_or_path, cfg.learning_rate, cfg.lora_r, cfg.output_dir) == ("tangpoem-nano", 3e-4, 8, "x")
+    assert config_sources(cfg)["learning_rate"] == "notebook" and config_sources(cfg)["model_name_or_path"].endswith("nano-cpu.yaml")
+    cfg = notebook.config_from_parameters("nano-cpu", {"learning_rate": None, "lora_r": None, "output_dir": None})
+    assert (cfg.learning_rate, cfg.lora_r, cfg.output_dir) == (nano.learning_rate, nano.lora_r, nano.output_dir)
     assert notebook.config_from_parameters(None, {}).model_name_or_path.startswith("MediaTek-Research/Breeze")
-    # the parameters cell as shipped (every knob at its default) with only config_file set: the file wins
-    shipped = {k: getattr(Config(), k) for k in ("model_name_or_path", "load_in_4bit", "learning_rate", "output_dir")}
-    cfg = notebook.config_from_parameters("nano-cpu", shipped)
-    assert (cfg.model_name_or_path, cfg.load_in_4bit, cfg.learning_rate, cfg.output_dir) == ("tangpoem-nano", False, 3e-3, "outputs/nano")
 
 
 def test_on_drive_is_a_no_op_outside_colab():
@@ -100,7 +105,7 @@ def test_prepare_data_never_replaces_files_that_are_there(tmp_path, course_dir):
 
 
 def test_on_drive_moves_the_configs_own_output_dir_in_colab(monkeypatch):
-    """In Colab with mount_drive, the config file's output_dir (not the parameters cell's default) moves to Drive."""
+    """In Colab the config file's output_dir moves to Drive (mount_drive None means "in Colab"); False keeps it."""
     import sys
     import types
 
@@ -109,7 +114,7 @@ def test_on_drive_moves_the_configs_own_output_dir_in_colab(monkeypatch):
     colab.drive = types.SimpleNamespace(mount=mounted.append)
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
     monkeypatch.setitem(sys.modules, "google.colab", colab)
-    shipped = {"model_name_or_path": Config().model_name_or_path, "output_dir": Config().output_dir}
-    cfg = notebook.config_from_parameters("nano-cpu", shipped, mount_drive=True)
+    unset = {"model_name_or_path": None, "output_dir": None}  # the parameters cell as shipped
+    cfg = notebook.config_from_parameters("nano-cpu", unset)
     assert cfg.output_dir == f"{notebook.DRIVE_ROOT}/outputs/nano" and mounted == ["/content/drive"]
-    assert notebook.config_from_parameters("nano-cpu", shipped, mount_drive=False).output_dir == "outputs/nano"
+    assert notebook.config_from_parameters("nano-cpu", unset, mount_drive=False).output_dir == "outputs/nano"

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from tangpoem.errors import InputError
-from tangpoem.train import ADAPTER_FILE, list_checkpoints, pick_checkpoint, train
+from tangpoem.checkpoints import ADAPTER_FILE, list_checkpoints, pick_checkpoint
+from tangpoem.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"num_train_data": 16, "max_steps": 10, "learning_rate": 1e-2, "warmup_steps": 0, "save_steps": 4}
@@ -54,7 +55,7 @@ def test_pick_checkpoint_by_index(tiny_config):
     with pytest.raises(InputError, match="has 3 checkpoints"):
         pick_checkpoint(cfg.output_dir, 5)
     # the listings mark what pick_checkpoint picks, and nothing where it refuses
-    from tangpoem.notebook import checkpoints_table
+    from tangpoem.lessons import checkpoints_table
 
     picked = {index: [row[0] for row in checkpoints_table(tiny_config(**SMALL, checkpoint_index=index)).rows if row[-1]]
               for index in (-1, 0, -3, 5, -4)}
@@ -66,7 +67,7 @@ def test_pick_checkpoint_by_index(tiny_config):
 def test_a_second_run_refuses_to_mix_with_old_checkpoints(tiny_config):
     cfg = tiny_config(**{**SMALL, "max_steps": 4})
     train(cfg)
-    with pytest.raises(InputError, match="holds checkpoints of an earlier run .*--resume"):
+    with pytest.raises(InputError, match="holds checkpoints of an earlier run .*continue it with --resume"):
         train(cfg)
 
 
@@ -203,8 +204,7 @@ def test_varlen_training_plumbing_on_cpu(tiny_config, monkeypatch):
     """The loop passes each packed micro-batch's row bounds to the varlen attention (here a reference
     kernel, the real one needs a GPU) and trains what sdpa's block mask trains; afterwards the model
     attends with sdpa again, for generation."""
-    import tangpoem.attention as attention
-    import tangpoem.train as train_module
+    import tangpoem.fast.attention as attention
     from attention_helpers import reference_kernel
 
     rows_seen = []
@@ -214,7 +214,7 @@ def test_varlen_training_plumbing_on_cpu(tiny_config, monkeypatch):
         return reference_kernel(query, key, value, bounds, longest, scale)
 
     monkeypatch.setattr(attention, "varlen_kernel", kernel)
-    monkeypatch.setattr(train_module, "check_varlen_device", lambda device: None)
+    monkeypatch.setattr(attention, "check_varlen_device", lambda device: None)
     common = {**SMALL, "max_steps": 3, "lora_dropout": 0.0, "padding_free": True}
     varlen = _assert_same_training(tiny_config, common, {"varlen_attention": True})
     layers = len(varlen.model.get_base_model().model.layers)
@@ -224,7 +224,7 @@ def test_varlen_training_plumbing_on_cpu(tiny_config, monkeypatch):
 
 
 def test_balancing_swaps_rows_until_micro_batches_hold_equal_tokens():
-    from tangpoem.train import balance_micro_batches
+    from tangpoem.fast.balance import balance_micro_batches
 
     lengths = [1, 1, 1, 1, 3, 3, 3, 3, 5, 7]
     balanced = balance_micro_batches(range(10), lengths, size=4)
@@ -236,10 +236,10 @@ def test_balancing_swaps_rows_until_micro_batches_hold_equal_tokens():
 @pytest.mark.parametrize("micro_batch_size", [4, 16])
 def test_balanced_steps_keep_each_row_once_a_step_and_even_out_tokens(tiny_config, micro_batch_size):
     from tangpoem.data import load_train_rows
-    from tangpoem.graphs import static_shape
+    from tangpoem.fast.graphs import static_shape
     from tangpoem.model import load_tokenizer
     from tangpoem.tokens import encode_training_rows
-    from tangpoem.train import epoch_order, step_rows
+    from tangpoem.train import epoch_order, rows_of_step
 
     plain = tiny_config(num_train_data=200, batch_size=16, micro_batch_size=micro_batch_size)  # 13 steps, the last of 8 rows
     balanced = tiny_config(num_train_data=200, batch_size=16, micro_batch_size=micro_batch_size, balanced_steps=True)
@@ -247,7 +247,8 @@ def test_balanced_steps_keep_each_row_once_a_step_and_even_out_tokens(tiny_confi
     index = {id(row): i for i, row in enumerate(dataset.rows)}
 
     def micro_batch_tokens(cfg):
-        steps = [[index[id(r)] for r in step_rows(dataset, cfg, step)] for step in range(13)]
+        order = epoch_order(cfg, dataset.lengths)  # a resumed run computes the same order from scratch
+        steps = [[index[id(r)] for r in rows_of_step(dataset, cfg, order, step)] for step in range(13)]
         assert [len(s) for s in steps] == [16] * 12 + [8]
         assert sorted(r for s in steps for r in s) == list(range(200))  # every row once in the epoch
         full = [s[i : i + micro_batch_size] for s in steps for i in range(0, len(s), micro_batch_size)]
@@ -263,5 +264,4 @@ def test_balanced_steps_keep_each_row_once_a_step_and_even_out_tokens(tiny_confi
     assert max(balanced_tokens) < max(plain_tokens) and max(balanced_tokens) - min(balanced_tokens) < max(plain_tokens) - min(plain_tokens)
     assert max(balanced_tokens) <= -(-sum(balanced_tokens) // len(balanced_tokens)) + 2, (plain_tokens, balanced_tokens)
     assert balanced_shape.length < plain_shape.length  # what every captured micro-batch is padded to
-    epoch_order.cache_clear()  # a resumed run computes the same order from scratch
     assert micro_batch_tokens(balanced)[0] == balanced_steps

@@ -1,4 +1,4 @@
-"""Small helpers for the teaching notebooks, so that each notebook cell is a few calls.
+"""The lessons' cell helpers: what the teaching notebooks call, so that each cell is a few lines.
 
 Nothing here reads a notebook's globals: the notebooks pass their parameters in explicitly.
 Tables are returned as `Table` objects, which Jupyter shows as Markdown and `print` shows as text.
@@ -18,26 +18,33 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from tangpoem.config import Config, load_config
-from tangpoem.errors import InputError
+from tangpoem.errors import speak_to
 from tangpoem.io import atomic_write_json
+from tangpoem.runtime import has_native_bf16
+from tangpoem.table import Table
 
 DEMO_BEFORE_FILE = "demo_before.json"  # 03 writes the base model's demo poems; 06 shows them beside the tuned ones
 FIGURES_DIR = "figures"
-GRADES_FILE = "grades.json"
 DRIVE_ROOT = "/content/drive/MyDrive/tangpoem"
 
 
 # ----------------------------------------------------------------------------- parameters and environment
 
-def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any], mount_drive: bool = False) -> Config:
-    """The notebook's Config: the config file (None = the homework's defaults), then the knobs a user
-    changed. A knob still at its default (the parameters cell shows the defaults) leaves the file's
-    value, so `config_file = "nano-cpu"` alone gives nano, not Breeze with nano's other settings.
-    Then `on_drive` moves the resulting output_dir (in Colab, with `mount_drive`)."""
-    defaults = Config().to_dict()
-    changed = {k: v for k, v in knobs.items() if config_file is None or k not in defaults or v != defaults[k]}
-    cfg = load_config(config_file, changed)
-    return dataclasses.replace(cfg, output_dir=on_drive(cfg.output_dir, mount_drive))
+def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any], mount_drive: bool | None = None,
+                           for_this_machine: bool = False) -> Config:
+    """The notebook's Config, by the one rule: the defaults, the config file (None: the homework's defaults),
+    then the knobs that are set (a knob left at None keeps the file's value). In Colab (`mount_drive` None
+    means "in Colab"), a relative output_dir moves under Google Drive. With `for_this_machine`, a CPU runtime
+    loads without 4-bit (bitsandbytes needs a GPU)."""
+    speak_to("notebook")  # messages name notebook knobs (`resume = True`), not CLI flags
+    knobs = dict(knobs)
+    if for_this_machine and not torch.cuda.is_available() and knobs.get("load_in_4bit") is None:
+        if load_config(config_file, knobs, source="notebook").load_in_4bit:
+            print("no CUDA GPU: loading without 4-bit (load_in_4bit = False)")
+            knobs["load_in_4bit"] = False
+    cfg = load_config(config_file, knobs, source="notebook")
+    drive_dir = on_drive(cfg.output_dir, in_colab() if mount_drive is None else mount_drive)
+    return cfg if drive_dir == cfg.output_dir else load_config(config_file, {**knobs, "output_dir": drive_dir}, source="notebook")
 
 
 def in_colab() -> bool:
@@ -60,8 +67,8 @@ def describe_device() -> str:
     lines = [f"python {platform.python_version()}, torch {torch.__version__}"]
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
-                     f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no (fp16 is used)'}")
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability {props.major}.{props.minor}, "
+                     f"bf16 {'yes' if has_native_bf16(torch.device('cuda', 0)) else 'no (fp16 is used)'}")
         try:
             import bitsandbytes  # noqa: F401
 
@@ -115,49 +122,8 @@ def hub_login(model_name_or_path: str) -> str:
     return "logged in to the Hugging Face hub (the token is not shown)"
 
 
-def for_this_machine(cfg: Config) -> Config:
-    """The config, with 4-bit NF4 turned off where there is no CUDA GPU (bitsandbytes needs one)."""
-    if cfg.load_in_4bit and not torch.cuda.is_available():
-        print("no CUDA GPU: loading without 4-bit (load_in_4bit=False); a 7B model then needs ~30 GB of RAM")
-        return dataclasses.replace(cfg, load_in_4bit=False)
-    return cfg
-
-
 def figure_path(cfg: Config, name: str) -> Path:
     return Path(cfg.output_dir) / FIGURES_DIR / f"{name}.png"
-
-
-# ----------------------------------------------------------------------------- tables
-
-@dataclass
-class Table:
-    """Rows of cells shown as a Markdown table in Jupyter, as aligned text by print()."""
-
-    columns: list[str]
-    rows: list[list[Any]]
-
-    @staticmethod
-    def _text(value: Any) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    def _repr_markdown_(self) -> str:
-        def cell(value: Any) -> str:
-            return self._text(value).replace("|", "\\|").replace("\n", "<br>")
-
-        lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        """Aligned columns; CJK characters count as two columns on a terminal."""
-        import unicodedata
-
-        def width(text: str) -> int:
-            return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-        cells = [[self._text(v).replace("\n", " ") for v in row] for row in [self.columns, *self.rows]]
-        widths = [max(width(row[i]) for row in cells) for i in range(len(self.columns))]
-        return "\n".join("  ".join(c + " " * (w - width(c)) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 # ----------------------------------------------------------------------------- 02: tokenizer and padding
@@ -279,7 +245,7 @@ def rows_table(rows: Sequence[Any], limit: int = 3) -> Table:
 
 def checkpoints_table(cfg: Config) -> Table:
     """The checkpoints in output_dir, with the one `checkpoint_index` picks."""
-    from tangpoem.train import checkpoint_step, list_checkpoints, picked_index
+    from tangpoem.checkpoints import checkpoint_step, list_checkpoints, picked_index
 
     found = list_checkpoints(cfg.output_dir)
     picked = picked_index(len(found), cfg.checkpoint_index)
@@ -302,48 +268,13 @@ def before_after(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: 
     return Table(["couplet 上聯", "before 微調前", "after 微調後"], [list(r) for r in zip(couplets, before, after)])
 
 
-# ----------------------------------------------------------------------------- 07: grading
-
-def grade_results(cfg: Config) -> Any:
-    """Grade results.txt in results_dir against the course's ground truth; the report is kept as grades.json."""
-    from tangpoem.data import GT_FILE, TEST_FILE, resolve_data_dir
-    from tangpoem.grade import grade_paths
-    from tangpoem.grade.report import report_json
-
-    data_dir = resolve_data_dir(cfg.data_dir)
-    report = grade_paths([cfg.results_path / "results.txt"], data_dir / GT_FILE, data_dir / TEST_FILE)
-    atomic_write_json(cfg.results_path / GRADES_FILE, report_json(report))
-    result = report.files[0]
-    if result.status == "error":
-        raise InputError(f"{result.path}: {result.error}")
-    return result
-
-
-# (header, key of the grader's MEAN_FIELDS): the same keys give each poem's score and the mean.
-SCORE_COLUMNS = (("charF1", "char_f1"), ("chrF", "chrf"), ("BLEU", "bleu"), ("editSim", "edit_similarity"),
-                 ("verses ok", "verse_count_ok"), ("lengths ok", "lengths_ok"), ("pingze", "pingze_score"),
-                 ("rhyme", "rhyme_score"))
-
-
-def grades_table(result: Any) -> Table:
-    """One row per test poem (normalised scores in [0, 1]) and a last row with the mean."""
-    def fmt(value: Any) -> Any:
-        return "-" if value is None else float(value)
-
-    from tangpoem.grade.grading import poem_scores
-
-    rows = [[p.index, p.input, p.prediction[:24] + ("…" if len(p.prediction) > 24 else ""),
-             *(fmt(scores[k]) for _, k in SCORE_COLUMNS)] for p in result.poems for scores in [poem_scores(p)]]
-    rows.append(["mean", "", "", *(fmt(result.mean[k]) for _, k in SCORE_COLUMNS)])
-    return Table(["#", "couplet 上聯", "prediction 預測", *(name for name, _ in SCORE_COLUMNS)], rows)
-
-
 # ----------------------------------------------------------------------------- 02: model memory, 03/06: poems
 
 def quantization_config_for(cfg: Config) -> Any:
     """The BitsAndBytesConfig `load_base_model` uses with load_in_4bit: this GPU's compute dtype,
     or a T4's (float16) when there is no GPU, so the CPU notebook still shows the homework's setup."""
-    from tangpoem.model import quantization_config, resolve_compute_dtype, resolve_device
+    from tangpoem.model import quantization_config
+    from tangpoem.runtime import resolve_compute_dtype, resolve_device
 
     dtype = resolve_compute_dtype(cfg, resolve_device(cfg)) if torch.cuda.is_available() else torch.float16
     return quantization_config(dtype)

@@ -1,7 +1,10 @@
 """Writes notebooks/NN_*.ipynb from the cell lists below (outputs stripped). The .ipynb files are the
-product and are committed; edit here, then run `python notebooks/build_notebooks.py`.
+product and are committed; edit here, then run `python scripts/build_notebooks.py`. A fork points the
+notebooks' install cell and Colab badges at itself by changing tangpoem.resources.REPO_URL and re-running.
 
-A cell is ("md", text), ("code", text) or ("parameters", text): the one cell papermill overrides.
+A cell is ("md", text), ("code", text) or ("parameters", text): the one cell papermill overrides. The
+parameters cells are generated from the config's fields: every knob is None (keep the config file's value),
+with its help text and the homework's value beside it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from pathlib import Path
 
 import nbformat
 
-HERE = Path(__file__).resolve().parent
-COLAB = "https://colab.research.google.com/github/tangpoem/tangpoem/blob/main/notebooks"
+from tangpoem.config import FIELDS, Config
+from tangpoem.resources import REPO_URL
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+COLAB = "https://colab.research.google.com/github/" + REPO_URL.removeprefix("https://github.com/") + "/blob/main/notebooks"
+DEFAULTS = Config()
 
 
 def header(name: str, title: str, intro: str) -> list[tuple[str, str]]:
@@ -22,60 +29,67 @@ def header(name: str, title: str, intro: str) -> list[tuple[str, str]]:
 
 PARAMS_MD = ("md", """## 參數 Parameters
 
-這一格是 papermill 的 `parameters` 格：所有可調的旋鈕都在這裡，預設值就是作業的設定（Breeze-7B）。
-`config_file` 是起點（`None` = 作業預設；也可以是 `configs/` 裡的名字，例如 `"nano-cpu"`），你改過的旋鈕再蓋過它
-（還是預設值的旋鈕沿用設定檔的值）。
+這一格是 papermill 的 `parameters` 格：所有可調的旋鈕都在這裡。`config_file` 是起點（`None` = 作業的設定，Breeze-7B；
+也可以是內建設定檔的名字，例如 `"nano-cpu"`、`"breeze-colab-t4"`）；旋鈕是 `None` 就沿用設定檔的值，設了值就蓋過它。
+註解裡寫著作業的值。
 
-Every knob lives in this cell (tagged `parameters`); defaults are the homework's. `config_file` gives the
-starting values; a knob you change overrides it (one left at its default keeps the file's value).
-`tangpoem notebooks run` sets all of them for you.""")
+Every knob lives in this cell (tagged `parameters`). `config_file` gives the starting values (None: the
+homework's, Breeze-7B; or a shipped config such as `"nano-cpu"`); a knob left at `None` keeps the file's
+value, a knob you set overrides it. The comments give the homework's values. `tangpoem notebooks run` sets
+`config_file` for you.""")
 
 INSTALL_MD = ("md", """## 安裝 Install (Colab)
 
 在 Colab 的新執行環境裡從 GitHub 安裝 tangpoem；已經裝好（例如在 CI 或本機）時這格什麼都不做。
 In a fresh Colab runtime this installs tangpoem from the repository; where it is importable it does nothing.""")
 
-INSTALL = '''import importlib.util
+INSTALL = f'''import importlib.util
 
 if importlib.util.find_spec("tangpoem") is None:  # only in a fresh runtime (Colab)
     %pip install -q "tangpoem[notebooks] @ git+{REPO_URL}"'''
 
 CONFIG_MD = ("md", """## 設定 Config
 
-把參數組成一個 `Config`（驗證過：打錯的值會在這裡就被擋下）。每本筆記本都在新的 kernel 裡執行，
-彼此只透過 `output_dir` 裡的檔案溝通；在 Colab 設 `mount_drive = True`，`output_dir` 會放到 Google Drive。
+把參數組成一個 `Config`（驗證過：打錯的值會在這裡就被擋下），並印出每個值從哪裡來。每本筆記本都在新的 kernel 裡執行，
+彼此只透過 `output_dir` 裡的檔案溝通；在 Colab 裡（`mount_drive = None` 就是「在 Colab 就掛載」）`output_dir` 會放到 Google Drive。
 
-The parameters become one validated `Config`. Each notebook runs in a fresh kernel; they share state only
-through files in `output_dir` (on Google Drive when `mount_drive = True` in Colab).""")
+The parameters become one validated `Config`, printed with where each value came from. Each notebook runs
+in a fresh kernel; they share state only through files in `output_dir`, which in Colab lives on Google
+Drive (`mount_drive = None` means "in Colab").""")
 
-COMMON_PARAMS = '''config_file = None  # None: the homework's defaults; or a file or name in configs/, e.g. nano-cpu
-REPO_URL = "https://github.com/tangpoem/tangpoem"  # where Colab installs tangpoem from
-mount_drive = False  # Colab only: keep output_dir on Google Drive (survives disconnects, shared by notebooks)
-output_dir = "outputs/run"  # checkpoints, results.txt, figures: shared by all seven notebooks'''
+COMMON_PARAMS = '''config_file = None  # None: the homework's values; or a shipped config (e.g. "nano-cpu", "breeze-colab-t4") or a file
+mount_drive = None  # None: on in Colab (output_dir on Google Drive, survives disconnects, shared by the notebooks)'''
 
-MODEL_PARAMS = '''model_name_or_path = "MediaTek-Research/Breeze-7B-Instruct-v0_1"  # or "taide/TAIDE-LX-7B-Chat" (gated)
-load_in_4bit = True  # NF4 on a CUDA GPU; off on CPU'''
+
+def knob_lines(keys: list[str]) -> str:
+    """One parameters-cell line per config key: None (keep the config file's value), the homework's value
+    and the field's help text in the comment."""
+    return "\n".join(f"{key} = None  # homework: {getattr(DEFAULTS, key)!r}; {FIELDS[key].metadata['help']}" for key in keys)
+
+
+def parameters(keys: list[str], extra: str = "") -> str:
+    return "\n".join(part for part in (COMMON_PARAMS, knob_lines(["output_dir", *keys]), extra.strip()) if part)
 
 
 def config_cell(knobs: list[str], for_machine: bool = False) -> str:
     """The cell after the parameters: knob=knob pairs, four to a line."""
-    pairs = [f"{k}={k}" for k in knobs] + ["output_dir=output_dir"]
+    pairs = [f"{k}={k}" for k in ["output_dir", *knobs]]
     lines = ["    " + ", ".join(pairs[i : i + 4]) + "," for i in range(0, len(pairs), 4)]
-    build = "notebook.config_from_parameters(config_file, dict(\n" + "\n".join(lines) + "\n), mount_drive)"
-    if for_machine:
-        return f"from tangpoem import notebook, plots\n\ncfg = notebook.for_this_machine({build})\nprint(cfg.model_name_or_path, '->', cfg.output_dir)"
-    return f"from tangpoem import notebook, plots\n\ncfg = {build}\nprint(cfg.model_name_or_path, '->', cfg.output_dir)"
+    machine = ", for_this_machine=True" if for_machine else ""
+    build = "lessons.config_from_parameters(config_file, dict(\n" + "\n".join(lines) + f"\n), mount_drive{machine})"
+    return f"from tangpoem import lessons, plots\nfrom tangpoem.config import describe\n\ncfg = {build}\nprint(describe(cfg))"
 
 
-def preamble(params: str, knobs: list[str], for_machine: bool = False) -> list[tuple[str, str]]:
-    return [PARAMS_MD, ("parameters", params), INSTALL_MD, ("code", INSTALL), CONFIG_MD,
-            ("code", config_cell(knobs, for_machine))]
+def preamble(keys: list[str], extra: str = "", for_machine: bool = False) -> list[tuple[str, str]]:
+    return [PARAMS_MD, ("parameters", parameters(keys, extra)), INSTALL_MD, ("code", INSTALL), CONFIG_MD,
+            ("code", config_cell(keys, for_machine))]
 
 
-SHOW_FIG = "plots.save_png(fig, notebook.figure_path(cfg, {name!r}))\nfig"
+SHOW_FIG = "plots.save_png(fig, lessons.figure_path(cfg, {name!r}))\nfig"
 
 # ----------------------------------------------------------------------------- 01
 
+NB01_KNOBS = ["model_name_or_path", "data_dir", "seed"]
 NB01 = header("01_setup", "01 · 環境設定 Setup", """作業五：用 4-bit NF4 + LoRA 微調一個 7B 語言模型（Breeze-7B 或 TAIDE-7B），
 給它唐詩的第一聯，讓它寫完整首詩。這本筆記本準備環境：安裝、GPU、亂數種子、資料、Google Drive、Hugging Face 登入。
 
@@ -83,14 +97,11 @@ HW5: fine-tune a 7B LLM with 4-bit NF4 + LoRA so that, given the first couplet o
 rest. This notebook prepares the runtime: install, GPU check, seeds, data, Google Drive and the hub login.
 Notebooks 02–07 follow in order.""") + [
     PARAMS_MD,
-    ("parameters", COMMON_PARAMS + '''
-model_name_or_path = "MediaTek-Research/Breeze-7B-Instruct-v0_1"  # TAIDE ("taide/TAIDE-LX-7B-Chat") needs a hub login
-data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5 (downloaded below if missing)
-seed = 42  # the same seed gives the same shuffling, LoRA init and sampling'''),
+    ("parameters", parameters(NB01_KNOBS)),
     INSTALL_MD,
     ("code", INSTALL),
     CONFIG_MD,
-    ("code", config_cell(["model_name_or_path", "data_dir", "seed"])),
+    ("code", config_cell(NB01_KNOBS)),
     ("md", """## GPU 檢查 GPU check
 
 4-bit NF4（bitsandbytes）需要 CUDA GPU；Colab 免費的 T4 有 15 GB，沒有 bf16，所以用 fp16 計算。
@@ -98,7 +109,7 @@ seed = 42  # the same seed gives the same shuffling, LoRA init and sampling'''),
 
 4-bit NF4 needs a CUDA GPU. A free Colab T4 has 15 GB and no bf16 (fp16 is used). Without a GPU, use
 `configs/nano-cpu.yaml`: tangpoem-nano, a small Tang-poem model that ships with tangpoem."""),
-    ("code", "print(notebook.describe_device())"),
+    ("code", "print(lessons.describe_device())"),
     ("md", """## 固定亂數種子 Fixed seeds
 
 同一個種子 → 同樣的資料順序、LoRA 初始值與抽樣結果。後面每一本筆記本的訓練與生成都會用 `cfg.seed` 自己再設一次
@@ -114,7 +125,7 @@ Same seed, same data order, LoRA initialisation and samples. Training and genera
 
 The course's three files. If they are in `data_dir` they are used as they are; otherwise they are downloaded
 from a pinned commit and checked against their SHA-256."""),
-    ("code", "print(notebook.prepare_data(cfg.data_dir))"),
+    ("code", "print(lessons.prepare_data(cfg.data_dir))"),
     ("md", """## Google Drive（選用 optional）
 
 Colab 斷線時執行環境裡的檔案會消失，而且每本筆記本在 Colab 都有自己的執行環境。`mount_drive = True` 會掛載
@@ -131,7 +142,7 @@ Colab 的 🔑 Secrets（名稱 `HF_TOKEN`），最後才用隱藏輸入框詢�
 TAIDE is gated: accept its terms on the model page, then log in. The token never goes into the notebook: it is
 read from `$HF_TOKEN`, a Colab secret named `HF_TOKEN`, or a hidden prompt, and is never printed.
 Headless runs skip the prompt (set `HF_TOKEN` in the environment instead). Breeze needs no login."""),
-    ("code", "print(notebook.hub_login(cfg.model_name_or_path))"),
+    ("code", "print(lessons.hub_login(cfg.model_name_or_path))"),
     ("md", "下一步 Next: **02 · 模型與 tokenizer**（4-bit 載入、tokenizer、attention mask）。"),
 ]
 
@@ -142,11 +153,8 @@ NB02 = header("02_model_and_tokenizer", "02 · 模型與 Tokenizer  Model and to
 看 tokenizer 怎麼把文字變成 token id，以及為什麼批次 padding 一定要搭配 attention mask。
 
 Load the model (4-bit NF4 on a GPU), watch the tokenizer turn text into token ids, and see why a padded
-batch needs its attention mask.""") + preamble(COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
-compute_dtype = "auto"  # auto: bf16 where the GPU has it, fp16 on a T4, fp32 on CPU
-device = "auto"  # auto | cuda | cpu
-trust_remote_code = False  # only when a model card asks for it
-example_text = "相見時難別亦難，東風無力百花殘。"  # the text the tokenizer cells take apart''', NB02_KNOBS, for_machine=True) + [
+batch needs its attention mask.""") + preamble(NB02_KNOBS, '''
+example_text = "相見時難別亦難，東風無力百花殘。"  # the text the tokenizer cells take apart''', for_machine=True) + [
     ("md", """## 4-bit NF4 量化設定 The quantization config
 
 7B 模型的權重用 fp16 要約 14 GB，T4 放不下還要訓練；NF4 每個參數只用 4 bits（依常態分布的分位數設計，適合權重的分布），
@@ -157,14 +165,14 @@ A 7B model's fp16 weights take ~14 GB: too much for a T4 that must also train. N
 bits (quantiles of a normal distribution, matching how weights are spread); double quantization also
 quantizes the scaling constants. Each matmul dequantizes to `bnb_4bit_compute_dtype`. On a CPU this cell shows
 the config a T4 would use; the model below is then loaded without 4-bit."""),
-    ("code", "notebook.quantization_config_for(cfg).to_dict()"),
+    ("code", "lessons.quantization_config_for(cfg).to_dict()"),
     ("md", "## 載入模型與 tokenizer  Load the model and tokenizer"),
     ("code", """from tangpoem.model import load_base_model, load_tokenizer
 
 model, tokenizer = load_base_model(cfg), load_tokenizer(cfg)
 print(f"{model.num_parameters():,} parameters, {model.get_memory_footprint() / 2**30:.2f} GiB in memory")"""),
     ("md", "同樣的參數量在不同精度下權重要多少記憶體 — weights alone, at each precision, for this model's size:"),
-    ("code", "notebook.weight_memory(model.num_parameters())"),
+    ("code", "lessons.weight_memory(model.num_parameters())"),
     ("md", """## Tokenizer 實際運作 The tokenizer at work
 
 `input_ids` 是 token 的編號（開頭的 BOS `<s>` 是 tokenizer 自動加的），`attention_mask` 標出哪些位置是真的內容（1）。
@@ -194,33 +202,24 @@ print(batch["attention_mask"])"""),
 What if the mask is left out? The table compares each row's next-token logits run alone, padded with the mask,
 and padded without it. With the mask they match (float noise); without it the model reads the pads as text
 and its output changes. The unpadded row is unaffected."""),
-    ("code", "notebook.attention_mask_demo(model, tokenizer, [example_text[:7], example_text])"),
+    ("code", "lessons.attention_mask_demo(model, tokenizer, [example_text[:7], example_text])"),
     ("md", "下一步 Next: **03 · 解碼**（temperature、top-k、top-p、長度、no-repeat n-gram）。"),
 ]
 
 # ----------------------------------------------------------------------------- 03
 
-GEN_PARAMS = '''seed = 42  # sampling is reproducible for a given seed
-do_sample = True  # False: greedy, always the most likely token
-temperature = 0.1  # < 1 sharpens the distribution, > 1 flattens it
-top_k = 50  # sample only among the k most likely tokens (0 turns it off)
-top_p = 0.3  # ... and among the fewest tokens whose probabilities add up to p
-no_repeat_ngram_size = 3  # never repeat any 3 tokens in a row
-max_new_tokens = 128  # the longest answer, in tokens'''
-NB03_KNOBS = ["model_name_or_path", "load_in_4bit", "prompt_mode", "seed", "do_sample", "temperature", "top_k",
-              "top_p", "no_repeat_ngram_size", "max_new_tokens"]
+GEN_KNOBS = ["seed", "do_sample", "temperature", "top_k", "top_p", "no_repeat_ngram_size", "max_new_tokens"]
+NB03_KNOBS = ["model_name_or_path", "load_in_4bit", "prompt_mode", *GEN_KNOBS]
 NB03 = header("03_decoding", "03 · 解碼 Decoding", """模型每一步只給出「下一個 token 的機率分布」；怎麼從分布裡挑 token 就是解碼。
 這裡用模型真正的分布看 temperature、top-k、top-p，再看最大長度與 no-repeat n-gram，最後記下**微調前**模型對作業三個示範上聯的回答。
 
 At each step the model gives a distribution over the next token; decoding is how a token is picked from it.
 We look at temperature, top-k and top-p on the model's real distributions, then at the length limit and
 no-repeat n-grams, and keep the model's poems for the homework's three demo couplets **before fine-tuning**.""") + preamble(
-    COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
-prompt_mode = "course"  # the homework's [INST] <<SYS>> prompt
-''' + GEN_PARAMS + '''
+    NB03_KNOBS, '''
 temperatures = [0.1, 0.5, 1.0, 2.0]  # the temperatures drawn side by side
 answer_prefix = "春蠶到死"  # the start of an answer, so we look at a next character mid-verse
-top_n = 20  # candidates drawn in the plots''', NB03_KNOBS, for_machine=True) + [
+top_n = 20  # candidates drawn in the plots''', for_machine=True) + [
     ("md", "## 載入模型（還沒微調） Load the base model (no adapter)"),
     ("code", """from tangpoem.generate import DEMO_COUPLETS, demo_rows, generate, load_for_generation
 
@@ -231,8 +230,8 @@ model, tokenizer, _ = load_for_generation(cfg, adapter=None)"""),
 
 The homework prompt for the first demo couplet, plus the start of an answer; these are the model's `top_n`
 candidates for the next character."""),
-    ("code", """dist = notebook.next_token_distribution(model, tokenizer, cfg, DEMO_COUPLETS[0], answer_prefix, top_n)
-notebook.poems_table([dist.context], [" ".join(dist.top_labels)], f"top {top_n} next tokens")"""),
+    ("code", """dist = lessons.next_token_distribution(model, tokenizer, cfg, DEMO_COUPLETS[0], answer_prefix, top_n)
+lessons.poems_table([dist.context], [" ".join(dist.top_labels)], f"top {top_n} next tokens")"""),
     ("md", """## Temperature 溫度
 
 抽樣前 logits 先除以 T：T < 1 讓高機率的更高（作業用 0.1，幾乎等於 greedy），T > 1 讓分布變平、更隨機。
@@ -248,7 +247,7 @@ top-k 只留機率最高的 k 個；top-p（nucleus）留下「機率加總剛�
 
 top-k keeps the k most likely tokens; top-p (nucleus) keeps the fewest whose probabilities reach p. Grey tokens
 can never be sampled. Drawn at T = 1, with the same warpers `generate` uses deciding what is kept."""),
-    ("code", """fig = plots.top_k_top_p_figure(dist.top_labels, dist.top_probs(), dist.kept(top_k=top_k), dist.kept(top_p=top_p), top_k, top_p)
+    ("code", """fig = plots.top_k_top_p_figure(dist.top_labels, dist.top_probs(), dist.kept(top_k=cfg.top_k), dist.kept(top_p=cfg.top_p), cfg.top_k, cfg.top_p)
 """ + SHOW_FIG.format(name="03_top_k_top_p")),
     ("md", """## 最大長度與 no-repeat n-gram  Length and repetition
 
@@ -257,7 +256,7 @@ can never be sampled. Drawn at T = 1, with the same warpers `generate` uses deci
 
 `max_new_tokens` caps the answer (it stops there even mid-poem); `no_repeat_ngram_size = 3` forbids any
 3 tokens from appearing twice, so the model cannot loop. One couplet, several settings:"""),
-    ("code", """notebook.compare_decoding(model, tokenizer, cfg, DEMO_COUPLETS[0], {
+    ("code", """lessons.compare_decoding(model, tokenizer, cfg, DEMO_COUPLETS[0], {
     "greedy (do_sample=False)": dict(do_sample=False, no_repeat_ngram_size=0),
     "greedy + no_repeat_ngram_size=3": dict(do_sample=False, no_repeat_ngram_size=3),
     "T=1.0, top_k=0, top_p=1.0 (pure sampling)": dict(temperature=1.0, top_k=0, top_p=1.0),
@@ -270,8 +269,8 @@ can never be sampled. Drawn at T = 1, with the same warpers `generate` uses deci
 
 The homework's three demo couplets with the homework's decoding. Saved in `output_dir` for 06's before/after table."""),
     ("code", """before = generate(model, tokenizer, demo_rows(DEMO_COUPLETS), cfg)
-print(notebook.save_demo_poems(cfg, DEMO_COUPLETS, before))
-notebook.poems_table(DEMO_COUPLETS, before, "before fine-tuning 微調前")"""),
+print(lessons.save_demo_poems(cfg, DEMO_COUPLETS, before))
+lessons.poems_table(DEMO_COUPLETS, before, "before fine-tuning 微調前")"""),
     ("md", "下一步 Next: **04 · 資料與 token**（資料集、prompt、label mask）。"),
 ]
 
@@ -282,19 +281,14 @@ NB04 = header("04_data_and_tokens", "04 · 資料與 Token  Data and tokens", ""
 作業的 prompt，以及最重要的：**loss 只看哪些 token**（label mask）。
 
 What the training rows look like, how long they are, the homework's prompt and, most important, **which
-tokens the loss learns** (the label mask).""") + preamble(COMMON_PARAMS + '''
-model_name_or_path = "MediaTek-Research/Breeze-7B-Instruct-v0_1"  # only its tokenizer is loaded here
-prompt_mode = "course"  # the homework's [INST] <<SYS>> prompt
-data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
-num_train_data = 1040  # the first N of the 5001 rows, as in the homework
-cutoff_len = 256  # tokens per row; the answer is cut, never the prompt
-example_index = 0  # the row drawn token by token''', NB04_KNOBS) + [
+tokens the loss learns** (the label mask).""") + preamble(NB04_KNOBS, '''
+example_index = 0  # the row drawn token by token''') + [
     ("md", "## 資料集 The dataset\n\n每筆有 instruction、input（第一聯）、output（詩的其餘部分）。 Each row: instruction, input (the first couplet), output (the rest)."),
     ("code", """from tangpoem.data import load_train_rows
 
-print(notebook.prepare_data(cfg.data_dir))
+print(lessons.prepare_data(cfg.data_dir))
 rows = load_train_rows(cfg.data_dir, cfg.num_train_data)
-notebook.rows_table(rows, limit=3)"""),
+lessons.rows_table(rows, limit=3)"""),
     ("md", """## Tokenize 與長度 Tokenizing and lengths
 
 每筆變成 prompt + 答案 + EOS 的 token；超過 `cutoff_len` 的只截答案。左圖是答案的字數（五言/七言、絕句/律詩），右圖是每筆的 token 數。
@@ -326,7 +320,7 @@ print(row.output)"""),
 
 `labels` has one entry per token; prompt positions are `IGNORE_INDEX` (-100) and left out of the loss, so the
 model learns the rest of the poem and the closing EOS (which teaches it to stop). Orange: learned; pale: masked."""),
-    ("code", """tokens, learned = notebook.row_tokens(tokenizer, encoded.rows[example_index].input_ids, encoded.rows[example_index].labels)
+    ("code", """tokens, learned = lessons.row_tokens(tokenizer, encoded.rows[example_index].input_ids, encoded.rows[example_index].labels)
 fig = plots.label_mask_figure(tokens, learned, per_line=20)
 """ + SHOW_FIG.format(name="04_label_mask")),
     ("md", """## 一個批次 A batch
@@ -367,26 +361,8 @@ hyperparameters, the training run with a progress bar, and the loss curve.""") +
 The homework's knobs with its values. Each step sees `batch_size` rows, `micro_batch_size` at a time, so
 gradients accumulate `batch_size / micro_batch_size` times (derived in the next cell, never a parameter).
 LoRA adds rank-`lora_r` matrices, scaled by `lora_alpha / lora_r`, beside each target module."""),
-    ("parameters", COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
-data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
-num_train_data = 1040  # the first N of the 5001 course rows
-cutoff_len = 256  # tokens per row
-lora_r = 8  # rank of the LoRA matrices
-lora_alpha = 16  # LoRA output is scaled by alpha / r
-lora_dropout = 0.05
-lora_target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-seed = 42
-num_epochs = 1
-max_steps = None  # stop after this many optimizer steps (quick runs); None: whole epochs
-learning_rate = 3e-4
-micro_batch_size = 4  # rows per forward pass (GPU memory)
-batch_size = 16  # rows per optimizer step
-warmup_steps = 50
-logging_steps = 20
-save_steps = 65
-save_total_limit = 3
-gradient_checkpointing = True  # saves memory on a T4, ~30% slower
-resume = False  # continue from the latest checkpoint in output_dir (after a disconnect)'''),
+    ("parameters", parameters(NB05_KNOBS, '''
+resume = "auto"  # "auto": continue from the latest checkpoint in output_dir if there is one (after a disconnect); True / False force it''')),
     INSTALL_MD,
     ("code", INSTALL),
     CONFIG_MD,
@@ -396,8 +372,8 @@ resume = False  # continue from the latest checkpoint in output_dir (after a dis
 LoRA 在每個目標線性層旁加上兩個小矩陣 B·A（秩 r），原本的權重 W 凍結不動：輸出是 W·x + (alpha/r)·B·A·x。訓練開始時會印出可訓練參數占全部的比例（通常不到 1%）。
 
 Beside each target layer LoRA adds B·A of rank r while W stays frozen: W·x + (alpha/r)·B·A·x. Training prints the share of trainable parameters (usually under 1%)."""),
-    ("code", """print(notebook.prepare_data(cfg.data_dir))
-notebook.lora_table(cfg)"""),
+    ("code", """print(lessons.prepare_data(cfg.data_dir))
+lessons.lora_table(cfg)"""),
     ("md", """## 訓練 Train
 
 進度條顯示步數與目前的 loss；每 `save_steps` 步存一個 checkpoint 到 `output_dir`。Colab 斷線後設 `resume = True` 重跑這格，會從最後一個 checkpoint 接著訓練。
@@ -419,23 +395,19 @@ Blue: training loss per step; grey: the learning rate (warmup, then linear decay
 
 # ----------------------------------------------------------------------------- 06
 
-NB06_KNOBS = ["model_name_or_path", "load_in_4bit", "data_dir", "checkpoint_index", "seed", "generation_batch_size",
-              "do_sample", "temperature", "top_k", "top_p", "no_repeat_ngram_size", "max_new_tokens", "results_dir"]
+NB06_KNOBS = ["model_name_or_path", "load_in_4bit", "data_dir", "checkpoint_index", "generation_batch_size", *GEN_KNOBS,
+              "results_dir"]
 NB06 = header("06_generate", "06 · 生成 Generate", """選一個 checkpoint，為 15 首測試詩寫出下文，存成繳交用的 `results.txt`，
 再把作業三個示範上聯的微調前後放在一起比較。
 
 Pick a checkpoint, write the 15 test poems into `results.txt` (the file you hand in), and compare the demo
-couplets before and after fine-tuning.""") + preamble(COMMON_PARAMS + "\n" + MODEL_PARAMS + '''
-data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
-checkpoint_index = -1  # which checkpoint: 0 the first, -1 the last (the homework's pick-by-index)
-''' + GEN_PARAMS.replace("max_new_tokens = 128  # the longest answer, in tokens", "max_new_tokens = 128  # the longest answer, in tokens\ngeneration_batch_size = 16  # poems generated together") + '''
-results_dir = None  # None: output_dir''', NB06_KNOBS, for_machine=True) + [
+couplets before and after fine-tuning.""") + preamble(NB06_KNOBS, for_machine=True) + [
     ("md", """## Checkpoints
 
 05 存下的 checkpoint（只有 LoRA 權重，幾 MB）。`checkpoint_index` 選一個：`-1` 是最後一個。
 
 The checkpoints 05 saved (LoRA weights only, a few MB). `checkpoint_index` picks one; -1 is the last."""),
-    ("code", "notebook.checkpoints_table(cfg)"),
+    ("code", "lessons.checkpoints_table(cfg)"),
     ("md", "## 載入原模型 + 選到的 adapter  Base model plus the chosen adapter"),
     ("code", """from tangpoem.generate import load_for_generation
 
@@ -447,7 +419,7 @@ print(f"adapter: {adapter}")"""),
     ("code", """from tangpoem.data import load_test_rows
 from tangpoem.generate import generate, write_results
 
-print(notebook.prepare_data(cfg.data_dir))
+print(lessons.prepare_data(cfg.data_dir))
 test_rows = load_test_rows(cfg.data_dir)
 results_txt, results_json = write_results(test_rows, generate(model, tokenizer, test_rows, cfg), cfg.results_path)
 print(results_txt.read_text(encoding="utf-8"))"""),
@@ -459,7 +431,7 @@ print(results_txt.read_text(encoding="utf-8"))"""),
 "after" is with the adapter."""),
     ("code", """from tangpoem.generate import DEMO_COUPLETS
 
-notebook.before_after(model, tokenizer, cfg, DEMO_COUPLETS)"""),
+lessons.before_after(model, tokenizer, cfg, DEMO_COUPLETS)"""),
     ("md", "下一步 Next: **07 · 評分**（和標準答案比較）。"),
 ]
 
@@ -467,9 +439,7 @@ notebook.before_after(model, tokenizer, cfg, DEMO_COUPLETS)"""),
 
 NB07 = header("07_grade", "07 · 評分 Grade", """用專案的評分器把 `results.txt` 和標準答案 `Tang_testing_gt.txt` 比較：每首一列，最後一列是平均。
 
-Score `results.txt` against the ground truth with the project's grader: one row per poem and the mean.""") + preamble(COMMON_PARAMS + '''
-data_dir = None  # None: $TANGPOEM_DATA_DIR, else data/GenAI-Hw5
-results_dir = None  # where results.txt is; None: output_dir''', ["data_dir", "results_dir"]) + [
+Score `results.txt` against the ground truth with the project's grader: one row per poem and the mean.""") + preamble(["data_dir", "results_dir"]) + [
     ("md", """## 分數 Scores
 
 分數都在 0–1，越高越好，比較前先正規化（簡繁、標點）：
@@ -480,10 +450,12 @@ results_dir = None  # where results.txt is; None: output_dir''', ["data_dir", "r
 All scores are in [0, 1], higher is better, on normalised text (script variants, punctuation): character
 overlap (charF1), character n-grams (chrF, BLEU), edit similarity; the form checks (verse count, verse length);
 and prosody (tonal pattern, rhyme), which judge the poem itself, not its match to the answer."""),
-    ("code", """print(notebook.prepare_data(cfg.data_dir))
-result = notebook.grade_results(cfg)
-print(f"graded {result.path}; full report: {cfg.results_path / notebook.GRADES_FILE}")
-notebook.grades_table(result)"""),
+    ("code", """print(lessons.prepare_data(cfg.data_dir))
+from tangpoem.grade.course import GRADES_FILE, grade_results, grades_table
+
+result = grade_results(cfg)
+print(f"graded {result.path}; full report: {cfg.results_path / GRADES_FILE}")
+grades_table(result)"""),
     ("md", """## 修補紀錄 Repair notes
 
 評分器會修補常見的格式問題（例如答案重複了上聯），並在這裡說明；沒有紀錄代表檔案格式正確。
@@ -520,7 +492,7 @@ def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 
 def main() -> int:
     for name, cells in NOTEBOOKS.items():
-        path = HERE / f"{name}.ipynb"
+        path = NOTEBOOKS_DIR / f"{name}.ipynb"
         nb = build(cells)
         nbformat.validate(nb)
         path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")

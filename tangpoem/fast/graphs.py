@@ -17,8 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from tangpoem.attention import packed_kwargs
-from tangpoem.tokens import IGNORE_INDEX, EncodedRow, answer_positions, count_label_tokens, pack
+from tangpoem.tokens import IGNORE_INDEX, EncodedRow, answer_positions, count_label_tokens, pack, packed_kwargs
 
 
 @dataclass(frozen=True)

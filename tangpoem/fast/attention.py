@@ -14,19 +14,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 
 VARLEN = "tangpoem_varlen"
-
-
-def packed_kwargs(lengths: Sequence[int], device: torch.device | str) -> dict[str, Any]:
-    """The model-call kwargs that tell the varlen kernel where each packed row starts and ends
-    (transformers' names for them, as its own padding-free collator passes them)."""
-    bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
-    longest = max(lengths)
-    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
 
 
 def varlen_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor,
@@ -61,7 +53,7 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                              max_length_q: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: (batch=1, heads, T, D) in, (1, T, heads, D) out."""
     if cu_seq_lens_q is None or max_length_q is None:
-        raise ValueError(f"attention {VARLEN!r} needs packed rows: pass attention.packed_kwargs(lengths) to the model")
+        raise ValueError(f"attention {VARLEN!r} needs packed rows: pass tokens.packed_kwargs(lengths) to the model")
     if query.shape[0] != 1 or attention_mask is not None or dropout:
         raise ValueError(f"attention {VARLEN!r} takes one packed sequence, no mask and no attention dropout")
     if sliding_window is not None and max_length_q > sliding_window:

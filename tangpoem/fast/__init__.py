@@ -1,0 +1,27 @@
+"""The fast wing: what makes the homework's training and generation faster on a big GPU, and nothing else.
+
+Every lever here computes what the plain path computes (tests/test_train.py and tests/test_gpu.py hold an
+equivalence test for each); the config's "levers" section switches them, and only the set-up (train.prepare),
+generation (generate.py) and the benchmarks import this package.
+
+    levers.py     the set-up: each lever chosen once, handed to the loop as a mode, a micro-step or a reader
+    attention.py  varlen_attention: FlashAttention within each packed row
+    fused.py      fused_rms_norm, fused_lora: fewer element-wise kernels
+    graphs.py     cuda_graphs: each micro-batch's forward and backward replayed as CUDA graphs
+    balance.py    balanced_steps: micro-batches evened out in tokens
+    reads.py      deferred_reads: a step's figures read once the next step is queued
+    dense.py      dequantize_base, dense_generation, merged export: the NF4 weights dequantized once
+    decode.py     static_cache: generation's decode step replayed as a CUDA graph
+
+Private APIs it leans on (tested with torch 2.11 and 2.13, transformers 5.17 and 5.24, peft 0.21,
+bitsandbytes 0.50); a new version of any of these may move them:
+- transformers: `PreTrainedModel.get_compiled_call` (generate's source of its decode-step forward; decode.py),
+  `hf_quantizer` and `is_loaded_in_4bit` on a loaded model (dense.py), `config._attn_implementation` read by
+  `set_attn_implementation` (attention.py), `AttentionInterface` registration (attention.py),
+  `cache_utils.StaticLayer` (decode.py), `modeling_layers.GradientCheckpointingLayer` (levers.py, compile).
+- peft: `LoraLayer.lora_variant`, `lora_A`/`lora_B`/`scaling`/`lora_dropout`, `get_delta_weight` (fused.py,
+  dense.py); `peft.helpers.disable_input_dtype_casting` (levers.py).
+- bitsandbytes: `functional.dequantize_4bit` with a weight's `quant_state` (dense.py).
+- torch: `torch.nn.attention.varlen.varlen_attn` (2.10+; attention.py), `torch.cuda.make_graphed_callables`
+  with `num_warmup_iters=0` (graphs.py), `gc.freeze` around a capture (graphs.py).
+"""
