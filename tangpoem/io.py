@@ -96,8 +96,8 @@ def parse_json(text: str, name: str) -> Any:
     except RecursionError:
         raise InputError(f"{name}: JSON nested too deeply to read (thousands of [ or {{ inside each other); "
                          "expected a flat list of records") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise InputError(f"{name}: not valid JSON ({str(exc)[:120]})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits; the message's advice is Python's
+        raise InputError(f"{name}: not valid JSON ({str(exc).split(':')[0][:120]})") from None
 
 
 def lone_surrogate_at(text: str) -> int | None:
