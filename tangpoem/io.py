@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,6 +112,8 @@ def lone_surrogate_at(text: str) -> int | None:
 
 
 def display_path(path: str | os.PathLike) -> str:
-    """A path as text that can always be printed and written as UTF-8: bytes of a file name that are
-    not UTF-8 (Python keeps them as lone surrogates) are shown as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as one line of text that can always be printed and written as UTF-8: bytes of a file name
+    that are not UTF-8 (Python keeps them as lone surrogates) and control characters such as a newline
+    in a name are shown as \\xNN escapes."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)

@@ -20,6 +20,7 @@ from grade_helpers import FIXTURES, GT, TEST
 from tangpoem.cli import main as tangpoem_main
 from tangpoem.grade.cli import main as grade_main
 from tangpoem.grade.limits import MAX_SUBMISSION_BYTES
+from tangpoem.io import display_path
 
 ROOT = Path(__file__).resolve().parents[1]
 COUPLET, ANSWER = "雪霽銀妝素，桔高映瓊枝。", "偕伴登山去，觀雪且賞桔。"
@@ -40,12 +41,13 @@ def hostile_class(folder: Path) -> dict[str, str]:
                  f"over the {MAX_SUBMISSION_BYTES:,}-byte limit for one submission"),
         "binary": ("results.txt", b"\x00\x01\x02" * 100, "binary file (contains NUL bytes)"),
         "latin1": ("results.txt", "1. café\n".encode("latin-1"), "not UTF-8 text"),
+        "new\nline": ("results.txt", b"\x00", "binary file"),  # a name that would break the one-line rows
     }
     expected = {}
     for student, (name, data, outcome) in submissions.items():
         (folder / student).mkdir(parents=True)
         (folder / student / name).write_bytes(data)
-        expected[student] = outcome
+        expected[display_path(student)] = outcome
     loop = folder / "loop" / "results.txt"
     loop.parent.mkdir()
     loop.symlink_to("results.txt")  # a link to itself: nothing to read

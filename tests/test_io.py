@@ -80,3 +80,4 @@ def test_lone_surrogates_and_undecodable_file_names():
     name = os.fsdecode(b"/tmp/caf\xe9/results.txt")  # a Latin-1 folder name: a lone surrogate in Python
     assert display_path(name) == "/tmp/caf\\xe9/results.txt"
     display_path(name).encode("utf-8")  # printable and writable
+    assert display_path("/tmp/a\nb\tc/詩 集/results.txt") == "/tmp/a\\nb\\tc/詩 集/results.txt"  # one line
