@@ -1,9 +1,14 @@
-"""The course dataset: where it lives, fetching it (pinned commit, SHA-256 checked) and validating it."""
+"""The course dataset: where it lives, fetching it (pinned commit, SHA-256 checked) and validating it.
+
+Reading is strict: every problem that would stop training or generation later (a file that cannot be
+read, a folder where the file should be, text that is not UTF-8, JSON nested too deeply, a field that
+is not a string or holds half a character) is one InputError line naming the file, record and field,
+so `tangpoem data check` finds it before a run does.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import urllib.request
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tangpoem.errors import InputError
+from tangpoem.io import lone_surrogate_at, parse_json, umask_mode
 
 TRAIN_FILE = "Tang_training_data.json"
 TEST_FILE = "Tang_testing_data.json"
@@ -43,15 +49,36 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir or os.environ.get("TANGPOEM_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
-def _read_json_rows(path: Path, need_output: bool) -> list[Row]:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (run `tangpoem data fetch`, or set data_dir)")
+def course_file(data_dir: str | os.PathLike | None, name: str) -> Path:
+    """The path of one course file in the data folder; a data folder that is a file is refused."""
+    folder = resolve_data_dir(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: is a file, not a folder; data_dir must be the folder holding "
+                         f"{TRAIN_FILE}, {TEST_FILE} and {GT_FILE}")
+    return folder / name
+
+
+def _read_text(path: Path) -> str:
+    """A course file's text (UTF-8, a BOM allowed); every way it can be unreadable is one line."""
+    fix = "run `tangpoem data fetch`, or set data_dir"
     try:
-        records = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found ({fix})") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected the file itself ({fix})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e}); check that the file is readable") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8, "
+                         "or fetch the course files again with `tangpoem data fetch`") from None
+
+
+def _read_json_rows(path: Path, need_output: bool) -> list[Row]:
+    records = parse_json(_read_text(path), str(path))
     if not isinstance(records, list):
         raise InputError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     fields = ("instruction", "input", "output") if need_output else ("instruction", "input")
@@ -62,30 +89,37 @@ def _read_json_rows(path: Path, need_output: bool) -> list[Row]:
         for name in fields:
             value = record.get(name)
             if not isinstance(value, str) or not value.strip():
-                what = "missing" if name not in record else f"not a non-empty string ({value!r})"
+                what = "missing" if name not in record else f"not a non-empty string ({_short_repr(value)})"
                 raise InputError(f"{path}: record {index}: field '{name}' is {what}")
+            if (at := lone_surrogate_at(value)) is not None:
+                raise InputError(f"{path}: record {index}: field '{name}' holds a lone surrogate "
+                                 f"(\\u{ord(value[at]):04x} at character {at}: half of a character, which no "
+                                 "tokenizer can encode); fix or remove that escape")
         rows.append(Row(record["instruction"], record["input"], record.get("output") if need_output else None))
     if not rows:
         raise InputError(f"{path}: no records")
     return rows
 
 
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def load_train_rows(data_dir: str | os.PathLike | None = None, num_train_data: int | None = None) -> list[Row]:
     """The first `num_train_data` training rows, as the homework takes them."""
-    rows = _read_json_rows(resolve_data_dir(data_dir) / TRAIN_FILE, need_output=True)
+    rows = _read_json_rows(course_file(data_dir, TRAIN_FILE), need_output=True)
     return rows[:num_train_data] if num_train_data else rows
 
 
 def load_test_rows(data_dir: str | os.PathLike | None = None) -> list[Row]:
-    return _read_json_rows(resolve_data_dir(data_dir) / TEST_FILE, need_output=False)
+    return _read_json_rows(course_file(data_dir, TEST_FILE), need_output=False)
 
 
 def load_ground_truth(data_dir: str | os.PathLike | None = None) -> list[list[str]]:
     """Tang_testing_gt.txt: one line per test poem, verses separated by tabs."""
-    path = resolve_data_dir(data_dir) / GT_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (run `tangpoem data fetch`, or set data_dir)")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    path = course_file(data_dir, GT_FILE)
+    lines = _read_text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     verses = []
@@ -129,6 +163,8 @@ def fetch(data_dir: str | os.PathLike | None = None, base_url: str = SOURCE_URL,
     present is kept (only missing ones are downloaded; `check` reports a broken one).
     """
     target = resolve_data_dir(data_dir)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: is a file, not a folder; give the folder to download the course files into")
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for name, expected in SHA256.items():
@@ -139,6 +175,7 @@ def fetch(data_dir: str | os.PathLike | None = None, base_url: str = SOURCE_URL,
         url = f"{base_url}/{name}"
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target)
         try:
+            os.fchmod(fd, umask_mode())  # mkstemp's 0600 would keep others from reading the data
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                 while block := response.read(1 << 20):
                     out.write(block)

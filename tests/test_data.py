@@ -1,7 +1,9 @@
 import functools
 import http.server
 import json
+import os
 import shutil
+import stat
 import threading
 from pathlib import Path
 
@@ -135,3 +137,79 @@ def test_fetch_reports_an_unreachable_server(tmp_path, http_server):
     with pytest.raises(InputError, match=r"download failed"):
         data.fetch(tmp_path / "fetched", base_url=url)
     assert list((tmp_path / "fetched").iterdir()) == []
+
+
+# ---------------------------------------------------------------- files that would stop a run later
+
+
+def _write_rows(path: Path, rows) -> None:
+    path.write_text(json.dumps(rows, ensure_ascii=True), encoding="utf-8")  # ASCII: lone surrogates as \ud800
+
+
+@pytest.mark.parametrize("name, field", [(data.TRAIN_FILE, "instruction"), (data.TRAIN_FILE, "input"),
+                                         (data.TRAIN_FILE, "output"), (data.TEST_FILE, "instruction"),
+                                         (data.TEST_FILE, "input")])
+def test_a_lone_surrogate_in_any_field_is_named(course_dir, tmp_path, name, field):
+    """`data check` passed these and `train` crashed in the tokenizer."""
+    d = _copy_course(course_dir, tmp_path / "c")
+    rows = json.loads((d / name).read_text(encoding="utf-8"))
+    rows[3][field] = rows[3][field][:4] + "\udc80" + rows[3][field][4:]
+    _write_rows(d / name, rows)
+    with pytest.raises(InputError) as e:
+        data.check(d)
+    assert str(e.value) == (f"{d / name}: record 3: field '{field}' holds a lone surrogate (\\udc80 at character 4: "
+                            "half of a character, which no tokenizer can encode); fix or remove that escape")
+
+
+@pytest.mark.parametrize("name", [data.TRAIN_FILE, data.TEST_FILE])
+def test_json_nested_200000_deep_is_one_line(course_dir, tmp_path, name):
+    d = _copy_course(course_dir, tmp_path / "c")
+    (d / name).write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    with pytest.raises(InputError) as e:
+        data.check(d)
+    assert str(e.value).startswith(f"{d / name}: JSON nested too deeply to read")
+
+
+@pytest.mark.parametrize("name", [data.TRAIN_FILE, data.TEST_FILE, data.GT_FILE])
+def test_a_file_not_in_utf8_is_named_with_its_line(course_dir, tmp_path, name):
+    d = _copy_course(course_dir, tmp_path / "c")
+    text = (d / name).read_text(encoding="utf-8")
+    (d / name).write_bytes(text.encode("big5", "replace"))  # a traditional-Chinese editor's other encoding
+    with pytest.raises(InputError) as e:
+        data.check(d)
+    assert str(e.value).startswith(f"{d / name}:")
+    assert "not UTF-8 text" in str(e.value) and "save it as UTF-8" in str(e.value)
+
+
+@pytest.mark.parametrize("name", [data.TRAIN_FILE, data.TEST_FILE, data.GT_FILE])
+def test_a_directory_or_an_unreadable_entry_where_a_file_should_be(course_dir, tmp_path, name):
+    d = _copy_course(course_dir, tmp_path / "c")
+    (d / name).unlink()
+    (d / name).mkdir()
+    with pytest.raises(InputError) as e:
+        data.check(d)
+    assert str(e.value) == f"{d / name}: is a directory, expected the file itself (run `tangpoem data fetch`, or set data_dir)"
+    (d / name).rmdir()
+    (d / name).symlink_to(d / name)  # open() fails even for root: too many levels of symbolic links
+    with pytest.raises(InputError) as e:
+        data.check(d)
+    assert str(e.value) == (f"{d / name}: cannot read (Too many levels of symbolic links); "
+                            "check that the file is readable")
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("x")
+    with pytest.raises(InputError, match=r"data: is a file, not a folder; data_dir must be the folder holding"):
+        data.check(not_a_dir)
+    with pytest.raises(InputError, match=r"data: is a file, not a folder; give the folder"):
+        data.fetch(not_a_dir, base_url="http://127.0.0.1:9")
+
+
+def test_fetched_files_follow_the_umask(course_dir, tmp_path, http_server):
+    old = os.umask(0o022)
+    try:
+        for path in data.fetch(tmp_path / "fetched", base_url=http_server(course_dir)):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

@@ -155,3 +155,41 @@ def test_summary_rows_line_up_under_the_header(capsys):
     assert any(line.startswith("class mean") for line in rows)
     for line in rows:  # every score column ends where its header ends
         assert len(line) == len(header), (line, header)
+
+
+def test_max_file_size_raises_the_limit_and_refuses_nonsense(tmp_path, capsys):
+    path = tmp_path / "results.txt"
+    path.write_bytes((FIXTURES / "perfect.txt").read_bytes() + b"\n" * 300)
+    assert grade(path, "--max-file-size", "200") == 1
+    assert "bytes, over the 200-byte limit for one submission" in capsys.readouterr().err
+    assert grade(path, "--max-file-size", "10000") == 0
+    for bad in ("0", "-5", "1e6"):
+        with pytest.raises(SystemExit) as exc:
+            grade(path, "--max-file-size", bad)
+        assert exc.value.code == 2
+    assert "expected a positive number of bytes, got '1e6'" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_does_not_stop_the_others(tmp_path, capsys):
+    csv_path, html_dir = tmp_path / "class.csv", tmp_path / "taken"
+    html_dir.mkdir()  # --html names a folder: it cannot be replaced by the report
+    assert grade(FIXTURES / "perfect.txt", "--html", html_dir, "--csv", csv_path) == 2
+    captured = capsys.readouterr()
+    assert "== summary" in captured.out and csv_path.is_file()
+    assert captured.err.splitlines() == [f"error: {html_dir}: cannot write the report (Is a directory)"]
+
+
+def test_the_html_shows_a_bounded_part_of_a_huge_answer(tmp_path):
+    from tangpoem.grade.limits import MAX_SUBMISSION_BYTES
+
+    rows = json.loads(TEST.read_text(encoding="utf-8"))
+    pairs = MAX_SUBMISSION_BYTES // len(rows) // 6 - 20  # "山，" is 6 bytes of UTF-8; ~20 pairs for the rest
+    path = tmp_path / "results.txt"
+    path.write_text("".join(f"{n}. {r['input']}" + "山，" * pairs + "\n" for n, r in enumerate(rows, 1)),
+                    encoding="utf-8")
+    assert MAX_SUBMISSION_BYTES * 0.9 < path.stat().st_size <= MAX_SUBMISSION_BYTES
+    out = tmp_path / "report.html"
+    assert grade(path, "--html", out) == 0
+    html = out.read_text(encoding="utf-8")
+    assert len(html.encode()) < 100_000  # ~30 KB; all of it would be tens of MB
+    assert "more verses not shown" in html and "more characters not shown" in html

@@ -1,10 +1,13 @@
 import json
+import os
+import time
 
 import pytest
 from grade_helpers import FIXTURES, GT, TEST
 
 from tangpoem.errors import InputError
 from tangpoem.grade import grade_file, load_test_poems
+from tangpoem.grade.limits import MAX_ANSWER_CHARS, MAX_SUBMISSION_BYTES
 from tangpoem.grade.parse import parse_submission
 
 TESTS = load_test_poems(GT, TEST)
@@ -149,5 +152,156 @@ def test_bad_test_file_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="record 2: expected an object with a non-empty string 'input'"):
         load_test_poems(GT, test)
     test.write_text("[", encoding="utf-8")
-    with pytest.raises(InputError, match="invalid JSON"):
+    with pytest.raises(InputError, match="not valid JSON"):
         load_test_poems(GT, test)
+
+
+# ---------------------------------------------------------------- hostile submissions: bounded work
+
+COUPLET, ANSWER = "雪霽銀妝素，桔高映瓊枝。", "偕伴登山去，觀雪且賞桔。"
+INSTRUCTION = TESTS[0].instruction
+# Each repair is linear: a file of a few hundred KB grades in well under a second here; quadratic
+# repairs took minutes on such files (131 s for the 146 KB repeated couplet).
+SECONDS = 5
+
+
+def timed_grade(path, **kwargs):
+    start = time.perf_counter()
+    result = grade_file(path, TESTS, **kwargs)
+    elapsed = time.perf_counter() - start
+    assert elapsed < SECONDS, f"{path.name} took {elapsed:.1f} s"
+    return result
+
+
+@pytest.mark.parametrize("line, repair", [
+    ("1. " + COUPLET * 4_000 + ANSWER, "input couplet repeated 4000 times; removed the repeats"),
+    ("1. " + "<<SYS>>" * 60_000 + COUPLET + ANSWER, "removed chat-template fragments '<<SYS>>'"),
+    ("1. " + "<<SYS>>你是詩人<</SYS>>" * 20_000 + COUPLET + ANSWER, "removed chat-template fragments '<<SYS>>你是詩人<</SYS>>'"),
+    ("1. " + "<</SYS>>" + "<<SYS>>" * 60_000 + COUPLET + ANSWER, "removed chat-template fragments '<</SYS>>', '<<SYS>>'"),
+    ("1. " + "[INST]</s>" * 40_000 + COUPLET + ANSWER, "removed chat-template fragments '</s>', '[INST]'"),
+    ("1. " + "User:" * 80_000 + COUPLET + ANSWER, "removed chat-template fragments 'User:'"),
+    ("1. " + "Assistant" + " " * 400_000 + "：" + COUPLET + ANSWER, "removed chat-template fragments 'Assistant"),
+    ("1. " + INSTRUCTION * 5_000 + COUPLET + ANSWER, "removed the instruction text"),
+    ("(" + " " * 400_000 + "1)" + COUPLET + ANSWER, "numbering '(" + " " * 19 + "...' is not the course's 'N. '; read as 1"),
+    ("1" * 5_000 + ". " + COUPLET + ANSWER, "leading number of 5000 digits ('111111111111...') is not a poem number; ignored it"),
+])
+def test_hostile_lines_are_repaired_in_linear_time(tmp_path, line, repair):
+    path = tmp_path / "results.txt"
+    path.write_text(line + "\n", encoding="utf-8")
+    result = timed_grade(path)
+    first = result.poems[0]
+    assert first.prediction == ANSWER and first.normalized.verse_exact == 1.0
+    assert any(note.startswith(repair) for note in first.notes), first.notes
+    assert all(len(note) < 300 for note in first.notes)
+
+
+@pytest.mark.parametrize("shape", ["<|" + "a" * 400_000, "山" * 300_000, "山，" * 150_000, "User " * 80_000])
+def test_a_huge_answer_is_graded_on_its_first_characters(tmp_path, shape):
+    path = tmp_path / "results.txt"
+    path.write_text(f"1. {COUPLET}{shape}\n2. x\n", encoding="utf-8")
+    first = timed_grade(path).poems[0]
+    assert len(first.prediction) == MAX_ANSWER_CHARS
+    assert f"answer is {len(shape.strip()):,} characters; graded its first {MAX_ANSWER_CHARS:,}" in first.notes
+
+
+def test_many_lines_become_one_note_each_kind(tmp_path):
+    path = tmp_path / "results.txt"
+    lines = [f"{n}. {COUPLET}{ANSWER}" for n in range(1, 3)] + [f"{n}. 山" for n in range(4, 50_000)]
+    path.write_text("\n\n".join(lines) + "\n", encoding="utf-8")  # answers on odd lines, blank lines between
+    result = timed_grade(path)
+    assert result.notes == [
+        f"skipped {len(lines) - 1} blank lines",
+        "line 3 (poem 1): second answer for a poem (by its input couplet); kept the first",
+        "line 5 (number 4), line 7 (number 5), line 9 (number 6), line 11 (number 7), line 13 (number 8) "
+        f"and {len(lines) - 2 - 5} more: ignored, could not be matched to a test poem",
+    ]
+
+
+def test_a_results_json_with_a_huge_repeated_couplet(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([{"input": COUPLET, "predict": "<<SYS>>" * 30_000 + COUPLET * 3_000 + ANSWER}],
+                               ensure_ascii=False), encoding="utf-8")
+    first = timed_grade(path).poems[0]
+    assert first.prediction == ANSWER and "input couplet repeated 3000 times; removed the repeats" in first.notes
+
+
+def test_a_file_over_the_size_limit_is_an_error_row_unless_the_limit_is_raised(tmp_path):
+    path = tmp_path / "results.txt"
+    path.write_text(f"1. {COUPLET}{ANSWER}\n" + "\n" * MAX_SUBMISSION_BYTES, encoding="utf-8")
+    size = path.stat().st_size
+    result = grade_file(path, TESTS)
+    assert result.status == "error"
+    assert result.error == (f"{path}: {size:,} bytes, over the {MAX_SUBMISSION_BYTES:,}-byte limit for one "
+                            "submission; if it is genuine, raise the limit with --max-file-size")
+    assert timed_grade(path, max_bytes=2 * MAX_SUBMISSION_BYTES).poems[0].prediction == ANSWER
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "results.json: JSON nested too deeply to read"),
+    ('[{"input": "x", "predict": ' + "9" * 5_000 + "}]", "results.json: not valid JSON (Exceeds the limit"),
+])
+def test_json_that_python_cannot_read_is_an_error_row(tmp_path, text, message):
+    path = tmp_path / "results.json"
+    path.write_text(text, encoding="utf-8")
+    result = timed_grade(path)
+    assert result.status == "error" and result.error.startswith(f"{tmp_path}/{message}")
+
+
+def test_lone_surrogates_in_results_json_are_replaced_and_noted(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text('[{"input": "%s", "predict": "%s\\ud800"}]' % (COUPLET, ANSWER), encoding="utf-8")
+    first = grade_file(path, TESTS).poems[0]
+    assert first.prediction == ANSWER + "\ufffd"
+    assert "'predict' held lone surrogate escapes (half characters); replaced them with U+FFFD" in first.notes
+
+
+def test_an_undecodable_file_name_is_shown_escaped(tmp_path):
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")
+    os.mkdir(folder)
+    path = os.path.join(folder, "results.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"1. {COUPLET}{ANSWER}\n")
+    result = grade_file(path, TESTS)
+    assert result.status == "graded" and result.path == f"{tmp_path}/caf\\xe9/results.txt"
+
+
+def test_any_exception_while_grading_a_file_becomes_its_error_row(tmp_path, monkeypatch):
+    """Fault injection: a scoring step that raises (a case the grader does not foresee) costs one row."""
+    import tangpoem.grade.grading as grading
+
+    def broken(*args):
+        raise ZeroDivisionError("division by zero\nin a scorer")
+
+    monkeypatch.setattr(grading, "prosody_scores", broken)
+    result = grade_file(FIXTURES / "perfect.txt", TESTS)
+    assert result.status == "error"
+    assert result.error == (f"{FIXTURES / 'perfect.txt'}: could not be graded (ZeroDivisionError: division by zero in "
+                            "a scorer); this is a bug in the grader, please report it with this file")
+
+
+@pytest.mark.parametrize("which, content, message", [
+    ("gt", b"\xff\xfe\x00\xd8", "gt.txt: has a UTF-16 byte-order mark but is not valid UTF-16"),
+    ("gt", "偕伴\n".encode("big5"), "gt.txt:1: not UTF-8 text"),
+    ("test", b"[" * 100_000, "test.json: JSON nested too deeply to read"),
+    ("test", b'[{"input": "a"}, {"input": "\\udc80"}, {"input": "b"}]', "test.json: record 2: field 'input' holds a lone surrogate (\\udc80"),
+    ("test", None, "test.json: is a directory, expected a file"),
+])
+def test_a_broken_gt_or_test_file_is_one_input_error(tmp_path, which, content, message):
+    paths = {"gt": tmp_path / "gt.txt", "test": tmp_path / "test.json"}
+    paths["gt"].write_bytes(GT.read_bytes())
+    paths["test"].write_bytes(TEST.read_bytes())
+    paths[which].unlink()
+    if content is None:
+        paths[which].mkdir()
+    else:
+        paths[which].write_bytes(content)
+    with pytest.raises(InputError) as e:
+        load_test_poems(paths["gt"], paths["test"])
+    assert str(e.value).startswith(f"{tmp_path}/{message}") and "\n" not in str(e.value)
+
+
+def test_an_unreadable_gt_file_is_one_input_error(tmp_path):
+    loop = tmp_path / "gt.txt"
+    loop.symlink_to(loop)  # open() fails (too many levels of symbolic links), even for root
+    with pytest.raises(InputError, match=r"gt.txt: cannot read \(Too many levels of symbolic links\)"):
+        load_test_poems(loop, TEST)

@@ -14,7 +14,8 @@ from tangpoem.grade.grading import ClassReport
 
 TESTS = load_test_poems(GT, TEST)
 POEM_BITS = st.sampled_from(["雪霽銀妝素，桔高映瓊枝。", "1. ", "２、", "(3)", "[INST]", "</s>", "Assistant:", "\r\n",
-                             "\n", "\ufeff", "，", "偕伴登山去", "㐀", "<script>", "\t", " ", "劒"])
+                             "\n", "\ufeff", "，", "偕伴登山去", "㐀", "<script>", "\t", " ", "劒", "<<SYS>>",
+                             "<</SYS>>", "<|im_end|>", "1" * 12, "㍻"])
 TEXT = st.lists(st.one_of(st.text(max_size=20), POEM_BITS), max_size=30).map("".join)
 
 
@@ -31,9 +32,10 @@ def check(name: str, data: bytes) -> None:
             for value in result.mean.values():
                 assert value is None or 0.0 <= value <= 1.0
         report = ClassReport(str(GT), str(TEST), [result])
-        json.dumps(report_json(report))
-        format_text(report)
-        render_html(report)
+        # Every report can be written as UTF-8 (a lone surrogate would make that raise).
+        json.dumps(report_json(report), ensure_ascii=False).encode("utf-8")
+        format_text(report).encode("utf-8")
+        render_html(report).encode("utf-8")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,7 +50,9 @@ def test_any_bytes_in_results_txt(data):
     check("results.txt", data)
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10) | POEM_BITS,
+# Strings with lone surrogates too: json.dumps writes them as \\ud800 escapes, which json.loads reads back.
+STRINGS = st.text(st.characters(categories=["L", "N", "P", "Cs"]), max_size=10)
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | STRINGS | POEM_BITS,
                            lambda children: st.lists(children, max_size=4)
                            | st.dictionaries(st.sampled_from(["input", "predict", "output", "instruction", "x"]),
                                              children, max_size=4), max_leaves=12)
@@ -57,4 +61,4 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
 @settings(max_examples=150, deadline=None)
 @given(JSON_VALUES)
 def test_any_json_in_results_json(value):
-    check("results.json", json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    check("results.json", json.dumps(value).encode("utf-8"))

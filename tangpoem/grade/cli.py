@@ -1,7 +1,8 @@
 """`tangpoem grade`: grade students' results files against the test GT.
 
-Exit status: 0 every file graded, 1 some file could not be graded (it gets an error row),
-2 bad arguments or a missing/broken GT or test file (one `error: ...` line on stderr).
+Exit status: 0 every file graded, 1 some file could not be graded (it gets an error row; the tables,
+--csv and --html are written all the same), 2 bad arguments, a missing/broken GT or test file, or a
+report that could not be written (one `error: ...` line on stderr each).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import sys
 
 from tangpoem.errors import InputError
-from tangpoem.io import atomic_write_text
+from tangpoem.grade.limits import MAX_SUBMISSION_BYTES
+from tangpoem.io import atomic_write_text, display_path
 
 
 def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,19 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="CLASS.csv", help="also write one CSV row per file")
     parser.add_argument("--json", action="store_true",
                         help="print the JSON document (docs/grade-json-schema.md) instead of tables")
+    parser.add_argument("--max-file-size", type=_positive_int, default=MAX_SUBMISSION_BYTES, metavar="BYTES",
+                        help="a larger submission gets an error row instead of being graded "
+                             f"(default {MAX_SUBMISSION_BYTES:,}; a course results file is ~5 KB)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
 
 
 def run_grade(args: argparse.Namespace) -> int:
@@ -35,25 +50,27 @@ def run_grade(args: argparse.Namespace) -> int:
     from tangpoem.grade.report import class_csv, format_text, render_html, report_json
 
     try:
-        report = grade_paths(args.results, args.gt, args.test)
+        report = grade_paths(args.results, args.gt, args.test, args.max_file_size)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        if args.csv:
-            atomic_write_text(args.csv, class_csv(report))
-        if args.html:
-            atomic_write_text(args.html, render_html(report))
-    except OSError as exc:
-        print(f"error: cannot write report: {exc}", file=sys.stderr)
-        return 2
+    # Each report is written even if another one cannot be, and the tables are printed regardless.
+    unwritten = []
+    for path, render in ((args.csv, class_csv), (args.html, render_html)):
+        if path:
+            try:
+                atomic_write_text(path, render(report))
+            except OSError as exc:
+                unwritten.append(f"error: {display_path(path)}: cannot write the report ({exc.strerror or exc})")
     if args.json:
         sys.stdout.write(json.dumps(report_json(report), ensure_ascii=False, indent=2) + "\n")
     else:
         sys.stdout.write(format_text(report))
     for result in report.errors:
         print(f"error: {result.error}", file=sys.stderr)
-    return report.exit_code
+    for line in unwritten:
+        print(line, file=sys.stderr)
+    return 2 if unwritten else report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,14 @@ from pathlib import Path
 from statistics import fmean
 
 from tangpoem.errors import InputError
+from tangpoem.grade.limits import MAX_ANSWER_CHARS, MAX_SUBMISSION_BYTES
 from tangpoem.grade.metrics import (CONTENT_FIELDS, FORM_FIELDS, ContentScores, FormScores, content_scores,
                                     form_scores)
 from tangpoem.grade.normalize import normalize_text, split_verses, strip_punctuation
 from tangpoem.grade.parse import (ParsedPoem, Submission, TestPoem, _CoupletIndex, build_test_poems, clean_answer,
                                   load_test_poems, parse_submission)
 from tangpoem.grade.prosody import ProsodyScores, prosody_scores
+from tangpoem.io import display_path
 
 PROSODY_FIELDS = ("pingze_score", "rhyme_score")
 # Names of the per-file means, in report order (raw content scores carry a "raw_" prefix).
@@ -117,6 +119,9 @@ def grade_poem(test: TestPoem, answer: ParsedPoem | None) -> PoemResult:
     """Score one answer (None = missing, scored as an empty prediction)."""
     notes = list(answer.notes) if answer else [f"poem {test.index} missing from the file; scored 0"]
     prediction = answer.prediction if answer else ""
+    if len(prediction) > MAX_ANSWER_CHARS:
+        notes.append(f"answer is {len(prediction):,} characters; graded its first {MAX_ANSWER_CHARS:,}")
+        prediction = prediction[:MAX_ANSWER_CHARS]
     raw_verses = split_verses(prediction)
     normalized_verses = [v for v in (normalize_text(v) for v in raw_verses) if v]
     gt_normalized = [normalize_text(v) for v in test.gt_verses]
@@ -149,13 +154,29 @@ def grade_submission(submission: Submission, tests: list[TestPoem]) -> FileResul
     return result
 
 
-def grade_file(path: str | os.PathLike, tests: list[TestPoem]) -> FileResult:
-    """Grade one results.txt / results.json; a file that cannot be read becomes an error row."""
+def grade_file(path: str | os.PathLike, tests: list[TestPoem],
+               max_bytes: int | None = MAX_SUBMISSION_BYTES) -> FileResult:
+    """Grade one results.txt / results.json. Whatever goes wrong with this one file becomes its error
+    row (one line), so that one submission never stops a class: InputError says what is wrong with the
+    file; any other exception is a case the grader does not handle yet, named as such."""
+    name = display_path(path)
+    if not Path(path).is_file():  # reading a pipe would wait forever
+        return FileResult(name, "error", error=f"{name}: not a regular file (a broken symbolic link, a pipe or a "
+                                               "device); submit the file itself")
     try:
-        submission = parse_submission(path, tests)
+        return grade_submission(parse_submission(path, tests, max_bytes), tests)
     except InputError as exc:
-        return FileResult(str(path), "error", error=str(exc))
-    return grade_submission(submission, tests)
+        return FileResult(name, "error", error=one_line(str(exc)))
+    except Exception as exc:  # not KeyboardInterrupt or SystemExit: those still stop the run
+        what = one_line(f"{type(exc).__name__}: {exc}", 200)
+        return FileResult(name, "error", error=f"{name}: could not be graded ({what}); this is a bug in the "
+                                               "grader, please report it with this file")
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """`text` on one line of at most `limit` characters: an error row never breaks a table or a CSV row."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def grade_predictions(predictions: list[str], gt_lines: list[str], test_rows: list[dict],
@@ -178,27 +199,34 @@ def grade_predictions(predictions: list[str], gt_lines: list[str], test_rows: li
 
 
 def find_result_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, and every results.txt / results.json (or *results.txt/json) below directories."""
+    """Files as given, and every results.txt / results.json (or *results.txt/json) below directories
+    (whatever they are but folders: a broken link named results.txt gets its error row too)."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            below = [p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(RESULT_NAMES)]
+            try:
+                below = [p for p in path.rglob("*") if p.name.lower().endswith(RESULT_NAMES) and not p.is_dir()]
+            except OSError as exc:
+                raise InputError(f"{display_path(path)}: cannot list this directory ({exc.strerror or exc})") from None
             if not below:
-                raise InputError(f"{path}: no results.txt or results.json below this directory")
+                raise InputError(f"{display_path(path)}: no results.txt or results.json below this directory")
             found.extend(sorted(below))
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            raise InputError(f"{display_path(path)}: not a regular file or directory")
         else:
-            raise InputError(f"{path}: no such file or directory")
+            raise InputError(f"{display_path(path)}: no such file or directory")
     unique: dict[Path, None] = {}
     for path in found:
         unique.setdefault(path, None)
     return list(unique)
 
 
-def grade_paths(paths: list[str | os.PathLike], gt_path: str | os.PathLike,
-                test_path: str | os.PathLike) -> ClassReport:
-    """Grade every submission in `paths`. Raises InputError for bad paths or a bad GT/test file."""
+def grade_paths(paths: list[str | os.PathLike], gt_path: str | os.PathLike, test_path: str | os.PathLike,
+                max_bytes: int | None = MAX_SUBMISSION_BYTES) -> ClassReport:
+    """Grade every submission in `paths` (each file over `max_bytes` becomes an error row). Raises
+    InputError for bad paths or a bad GT/test file."""
     tests = load_test_poems(gt_path, test_path)
-    files = [grade_file(path, tests) for path in find_result_files(paths)]
-    return ClassReport(str(gt_path), str(test_path), files)
+    files = [grade_file(path, tests, max_bytes) for path in find_result_files(paths)]
+    return ClassReport(display_path(gt_path), display_path(test_path), files)

@@ -1,4 +1,8 @@
-"""Presenting a ClassReport: text tables, class CSV, JSON (schema in docs/grade-json-schema.md), HTML."""
+"""Presenting a ClassReport: text tables, class CSV, JSON (schema in docs/grade-json-schema.md), HTML.
+
+The text tables and the HTML show a bounded part of each file (limits.SHOWN_*), saying what they cut,
+so one huge or strange submission cannot make the report unreadable; the JSON keeps everything graded.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import jinja2
 
 from tangpoem.grade.grading import MEAN_FIELDS, ClassReport, FileResult, PoemResult, poem_scores
+from tangpoem.grade.limits import SHOWN_EXTRA_VERSES, SHOWN_NOTES, SHOWN_PREDICTION_CHARS, SHOWN_VERSE_CHARS
 
 SCHEMA_VERSION = 1
 
@@ -21,6 +26,20 @@ _MEAN_COLUMNS = (("exact", "verse_exact"), ("charF1", "char_f1"), ("align", "cha
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def shown_text(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and how many more there are."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters not shown)"
+
+
+def shown_notes(notes: list[str]) -> list[str]:
+    """The first SHOWN_NOTES notes, and a line saying how many more there are."""
+    if len(notes) <= SHOWN_NOTES:
+        return notes
+    return [*notes[:SHOWN_NOTES], f"... {len(notes) - SHOWN_NOTES:,} more notes not shown (all are in --json)"]
 
 
 # ---------------------------------------------------------------- text table
@@ -40,10 +59,10 @@ def format_file_table(result: FileResult) -> str:
         lines.append(f"{poem.index:>3}  {poem.status:<7}  {cells}  {len(poem.notes)}")
     cells = " ".join(f"{_fmt(result.mean[key]):>7}" for _, key in _MEAN_COLUMNS)
     lines.append(f"{'mean':>12}  {cells}")
-    for note in result.notes:
+    for note in shown_notes(result.notes):
         lines.append(f"   repair: {note}")
     for poem in result.poems:
-        for note in poem.notes:
+        for note in shown_notes(poem.notes):
             lines.append(f"   poem {poem.index}: {note}")
     return "\n".join(lines)
 
@@ -154,14 +173,23 @@ def diff_segments(prediction: str, gt: str) -> tuple[list[tuple[str, str]], list
 
 
 def _poem_view(poem: PoemResult) -> dict[str, Any]:
-    # Diff verse by verse so that a line break in one side lines up with the other.
+    # Diff verse by verse so that a line break in one side lines up with the other; a bounded number
+    # of verses past the GT's, each cut to a bounded length (a run of kind "cut" says how much is left).
     rows = []
-    for number in range(max(len(poem.verses), len(poem.gt_verses))):
+    shown = min(max(len(poem.verses), len(poem.gt_verses)), len(poem.gt_verses) + SHOWN_EXTRA_VERSES)
+    for number in range(shown):
         pred = poem.verses[number] if number < len(poem.verses) else ""
         gt = poem.gt_verses[number] if number < len(poem.gt_verses) else ""
-        pred_runs, gt_runs = diff_segments(pred, gt)
+        pred_runs, gt_runs = diff_segments(pred[:SHOWN_VERSE_CHARS], gt[:SHOWN_VERSE_CHARS])
+        for runs, text in ((pred_runs, pred), (gt_runs, gt)):
+            if len(text) > SHOWN_VERSE_CHARS:
+                runs.append(("cut", f"... ({len(text) - SHOWN_VERSE_CHARS:,} more)"))
         rows.append({"pred": pred_runs, "gt": gt_runs})
-    return {"poem": poem, "rows": rows}
+    lengths = ", ".join(map(str, poem.form.verse_lengths[:len(poem.gt_verses) + SHOWN_EXTRA_VERSES]))
+    if len(poem.form.verse_lengths) > len(poem.gt_verses) + SHOWN_EXTRA_VERSES:
+        lengths += ", ..."
+    return {"poem": poem, "rows": rows, "hidden_verses": max(len(poem.verses) - shown, 0), "lengths": lengths,
+            "prediction": shown_text(poem.prediction, SHOWN_PREDICTION_CHARS), "notes": shown_notes(poem.notes)}
 
 
 _ENV = jinja2.Environment(
@@ -177,5 +205,6 @@ _ENV.filters["score"] = _fmt
 def render_html(report: ClassReport) -> str:
     """A self-contained HTML page (inline CSS and JS, no network)."""
     template = _ENV.get_template("report.html.j2")
-    files = [{"result": f, "poems": [_poem_view(p) for p in f.poems]} for f in report.files]
+    files = [{"result": f, "notes": shown_notes(f.notes), "poems": [_poem_view(p) for p in f.poems]}
+             for f in report.files]
     return template.render(report=report, files=files, mean_columns=_MEAN_COLUMNS, mean=report.mean)
