@@ -2,6 +2,8 @@
 
 Exit status: 0 every file graded, 1 some file could not be graded (it gets an error row),
 2 bad arguments or a missing/broken GT or test file (one `error: ...` line on stderr).
+With --judge-url/--judge-model an LLM judge also scores each poem; poems it could not score are
+marked in the reports and on stderr, and do not change the exit status.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import sys
 
 from tangpoem.errors import InputError
+from tangpoem.grade.judge_client import add_judge_arguments, settings_from_args
 from tangpoem.io import atomic_write_text
 
 
@@ -26,6 +29,7 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="CLASS.csv", help="also write one CSV row per file")
     parser.add_argument("--json", action="store_true",
                         help="print the JSON document (docs/grade-json-schema.md) instead of tables")
+    add_judge_arguments(parser)
 
 
 def run_grade(args: argparse.Namespace) -> int:
@@ -35,7 +39,12 @@ def run_grade(args: argparse.Namespace) -> int:
     from tangpoem.grade.report import class_csv, format_text, render_html, report_json
 
     try:
+        judge_settings = settings_from_args(args)
         report = grade_paths(args.results, args.gt, args.test)
+        if judge_settings:
+            from tangpoem.grade.judge import judge_results
+
+            judge_results(report.files, judge_settings)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +62,11 @@ def run_grade(args: argparse.Namespace) -> int:
         sys.stdout.write(format_text(report))
     for result in report.errors:
         print(f"error: {result.error}", file=sys.stderr)
+    for result in report.graded:
+        if result.judge and result.judge.failed:
+            number, reason = result.judge.errors[0]
+            print(f"judge: {result.path}: {result.judge.failed} of {len(result.poems)} poems not judged "
+                  f"(poem {number}: {reason})", file=sys.stderr)
     return report.exit_code
 
 
