@@ -51,6 +51,7 @@ class JudgeServer(ThreadingHTTPServer):
         self.sleep_s = 2.0                   # for "sleep"
         self.failures_before_ok = 2          # for "429_then_ok": per poem
         self.refuse_json_mode = False        # answer 400 to requests with response_format
+        self.retry_after: str | None = None  # Retry-After header on 429 answers
         self.requests: list[dict] = []       # every request body, in arrival order
         self.auth_headers: list[str] = []
         self.per_poem: Counter[str] = Counter()
@@ -119,7 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour == "sleep":
             time.sleep(server.sleep_s)
         if behaviour == "429" or (behaviour == "429_then_ok" and seen <= server.failures_before_ok):
-            return self._error(429, "rate limited, slow down")
+            return self._error(429, "rate limited, slow down",
+                               {"Retry-After": server.retry_after} if server.retry_after else None)
         if behaviour == "500":
             return self._error(500, "the model crashed")
         if behaviour == "echo_auth":  # a careless server that quotes the request's key back

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,7 +267,9 @@ class JudgeClient:
                 cause = cause.__cause__ or cause.__context__  # the socket error says most
             return f"cannot reach {self.settings.url}: {' '.join(str(cause).split())[:120] or type(cause).__name__} ({tries})"
         if isinstance(exc, self._openai.APIStatusError):
-            detail = " ".join(str(exc.message).split())[:160]
+            body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None  # OpenAI's {"error": {...}}
+            message = body.get("message") if isinstance(body, dict) and body.get("message") else exc.message
+            detail = " ".join(re.sub(r"^Error code: \d+ - ", "", str(message)).split())[:160]
             return f"HTTP {exc.status_code} from the judge: {detail}" + (f" ({tries})" if self._transient(exc) else "")
         return " ".join(str(exc).split())[:160]
 
