@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 POEM_MARK = "詩："  # the rubric's line before the poem (templates/judge_rubric.j2)
 BEHAVIOURS = ("ok", "sleep", "not_json", "missing", "out_of_range", "prose", "429_then_ok", "429", "500",
-              "echo_auth", "no_choices")
+              "echo_auth", "no_choices", "html_reason")
 
 
 def poem_in(prompt: str) -> str:
@@ -139,6 +139,8 @@ def _answer(behaviour: str, poem: str) -> str:
         return json.dumps({"format_score": fmt, "reason": reason}, ensure_ascii=False)
     if behaviour == "out_of_range":
         return json.dumps({"format_score": 12, "content_score": content, "reason": reason}, ensure_ascii=False)
+    if behaviour == "html_reason":  # a reply is untrusted text too
+        reason = '<img src=x onerror="document.title=\'HACKED\'">'
     if behaviour == "prose":  # JSON inside prose and a fence, scores as strings
         fields = json.dumps({"format_score": str(fmt), "content_score": str(content), "reason": reason},
                             ensure_ascii=False)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -21,6 +23,7 @@ from tangpoem.grade.cli import main
 from tangpoem.grade.judge import CONTENT_PASS, FORMAT_PASS, FileJudgement, PoemVerdict, judge_file, marks_for
 from tangpoem.grade.judge_client import JudgeError, parse_answer
 
+ROOT = FIXTURES.parents[2]
 SECRET = "sk-test-0123456789abcdefSECRET"
 FIXTURE_POEMS = 3  # poems in tests/fixtures/grade/test.json
 
@@ -314,7 +317,7 @@ def test_a_server_that_is_down_fails_every_poem_and_grading_completes(capsys, tm
     assert code == 1  # the grader's own rule: binary.txt could not be graded; the judge does not change it
     for verdict in verdicts(doc):
         assert verdict["status"] == "failed"
-        assert verdict["reason"].startswith(("cannot reach " + url, "not sent: 3 requests in a row failed"))
+        assert verdict["reason"].startswith(("cannot reach " + url, "not sent: the judge failed 3 poems in a row"))
     assert doc["files"][1]["judge"] is None  # an error row is not judged
     assert without_judge(doc) == plain_grade(capsys, FIXTURES / "perfect.txt", FIXTURES / "binary.txt")
     assert "judge: " in err and "3 of 3 poems not judged" in err
@@ -333,7 +336,7 @@ def test_after_three_dead_requests_in_a_row_the_rest_are_not_sent(tmp_path):
                            retry_delay=0.01, workers=1)
     reasons = [v.reason for v in judgement.verdicts]
     assert all(r.startswith("cannot reach") and "(2 tries)" in r for r in reasons[:3])
-    assert all(r.startswith("not sent: 3 requests in a row failed (last: cannot reach") for r in reasons[3:])
+    assert all(r.startswith("not sent: the judge failed 3 poems in a row (last: cannot reach") for r in reasons[3:])
     assert judgement.failed == 5 and judgement.marks == 0 and not judgement.complete
     assert [p.judge for p in result.poems] == judgement.verdicts
 
@@ -346,6 +349,28 @@ def test_judge_file_on_in_memory_predictions(tmp_path, server):
     assert [v.status for v in judgement.verdicts] == ["judged", "empty", "judged"]
     assert judgement.verdicts[0].format_score == rule_scores("雪霽銀妝素，桔高映瓊枝。偕伴登山去，觀雪且賞桔。")[0]
     assert server.count == 2
+
+
+def test_the_judges_reason_is_escaped_in_html(capsys, tmp_path, server):
+    server.rules["雪霽"] = "html_reason"
+    html = tmp_path / "report.html"
+    grade(capsys, tmp_path, server.url, extra=["--html", html])
+    page = html.read_text(encoding="utf-8")
+    assert "&lt;img src=x onerror=&#34;document.title=&#39;HACKED&#39;&#34;&gt;" in page and "<img" not in page
+
+
+@pytest.mark.slow
+def test_judged_report_renders_in_chromium(capsys, tmp_path, server):
+    assert shutil.which("chromium") or shutil.which("chromium-browser"), "install chromium (apt-get install -y chromium)"
+    server.rules.update({"雪霽": "html_reason", "君問": "not_json"})
+    html, png, dom = tmp_path / "report.html", tmp_path / "report.png", tmp_path / "dom.html"
+    grade(capsys, tmp_path, server.url, extra=["--html", html])
+    subprocess.run(["bash", str(ROOT / "scripts" / "screenshot_report.sh"), str(html), str(png), str(dom)],
+                   check=True, timeout=120, capture_output=True)
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 50_000
+    rendered = dom.read_text(encoding="utf-8")
+    assert "<title>Tang poem grading report</title>" in rendered and "<img" not in rendered  # reason stayed text
+    assert "LLM judge" in rendered and "judge: no score (the answer is not JSON" in rendered
 
 
 # ---------------------------------------------------------------- the API key

@@ -33,7 +33,7 @@ CONTENT_PASS = 7
 # we read it as "10 以上" (10 or more, as the Chinese usually means) -> 5. Fewer than 2 -> 0.
 MARK_BANDS = ((10, 5), (8, 4), (6, 3), (4, 2), (2, 1))
 MARKS_PER_PART = 5
-BREAKER_LIMIT = 3  # requests failing outright in a row (server down, key refused) before the rest are not sent
+BREAKER_LIMIT = 3  # poems in a row without a reply (server down, key refused) before the rest are not sent
 
 
 def marks_for(passing: int) -> int:
@@ -124,7 +124,7 @@ def reference_poem(poem: PoemResult) -> str:
 
 
 class _Breaker:
-    """Stops sending once BREAKER_LIMIT requests in a row failed outright: a dead server fails fast."""
+    """Stops sending once BREAKER_LIMIT poems in a row got no reply (after all their tries): a dead server fails fast."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -135,7 +135,7 @@ class _Breaker:
         with self._lock:
             if self._in_a_row < BREAKER_LIMIT:
                 return None
-            return f"not sent: {self._in_a_row} requests in a row failed (last: {self._last})"
+            return f"not sent: the judge failed {self._in_a_row} poems in a row (last: {self._last})"
 
     def record(self, failure: str | None) -> None:
         with self._lock:
@@ -175,14 +175,16 @@ def judge_results(results: list[FileResult], settings: JudgeSettings) -> list[Fi
             jobs.setdefault((poem.input, poem.prediction, reference), []).append(poem)
     if jobs:
         client, breaker = JudgeClient(settings), _Breaker()
-        # The bar shows on a terminal only (disable=None): logs, notebooks and tests stay quiet.
-        with ThreadPoolExecutor(max_workers=settings.workers) as pool, \
-                tqdm(total=len(jobs), desc="judge", unit="poem", file=sys.stderr, leave=False, disable=None) as progress:
-            futures = {pool.submit(_verdict, client, breaker, job): poems for job, poems in jobs.items()}
-            for future in as_completed(futures):
-                for poem in futures[future]:
-                    poem.judge = future.result()
-                progress.update()
+        pool = ThreadPoolExecutor(max_workers=settings.workers)
+        try:  # the bar shows on a terminal only (disable=None): logs, notebooks and tests stay quiet
+            with tqdm(total=len(jobs), desc="judge", unit="poem", file=sys.stderr, leave=False, disable=None) as bar:
+                futures = {pool.submit(_verdict, client, breaker, job): poems for job, poems in jobs.items()}
+                for future in as_completed(futures):
+                    for poem in futures[future]:
+                        poem.judge = future.result()
+                    bar.update()
+        finally:  # on Ctrl-C, drop the queued poems instead of asking them all first
+            pool.shutdown(wait=True, cancel_futures=True)
     for result in graded:
         result.judge = FileJudgement(settings.model, settings.with_reference, [p.judge for p in result.poems])
     return results

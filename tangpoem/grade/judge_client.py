@@ -156,7 +156,7 @@ class JudgeClient:
                                      max_retries=0)
         self._openai = openai
         env = jinja2.Environment(loader=jinja2.PackageLoader("tangpoem.grade", "templates"),
-                                 undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+                                 undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.rubric_source = env.loader.get_source(env, RUBRIC_TEMPLATE)[0]
         self._rubric = env.get_template(RUBRIC_TEMPLATE)
         self.cache_dir = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()

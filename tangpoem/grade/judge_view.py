@@ -127,6 +127,8 @@ def judge_summary_text(report: ClassReport) -> str | None:
         format_cell, content_cell = f"{j.format_passing} -> {j.format_marks}", f"{j.content_passing} -> {j.content_marks}"
         lines.append(f"{result.path:<{width}}  {format_cell:>11}  {content_cell:>12}  "
                      f"{f'{j.marks}/{2 * MARKS_PER_PART}':>5}  {j.failed:>10}")
+    if any(not f.judge.complete for f in judged):
+        lines.append("(a file with poems not judged has at least these marks: those poems count as not passing)")
     summary = class_judgement_json(report)
     lines.append(f"{len(judged)} files judged by {summary['model']}: mean marks {summary['marks']:.2f}/{2 * MARKS_PER_PART}"
                  f" (format {summary['format_marks']:.2f}, content {summary['content_marks']:.2f});"

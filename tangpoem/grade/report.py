@@ -42,12 +42,12 @@ def format_file_table(result: FileResult) -> str:
         lines.append(f"{poem.index:>3}  {poem.status:<7}  {cells}  {len(poem.notes)}")
     cells = " ".join(f"{_fmt(result.mean[key]):>7}" for _, key in _MEAN_COLUMNS)
     lines.append(f"{'mean':>12}  {cells}")
+    lines.extend(judge_file_lines(result))
     for note in result.notes:
         lines.append(f"   repair: {note}")
     for poem in result.poems:
         for note in poem.notes:
             lines.append(f"   poem {poem.index}: {note}")
-    lines.extend(judge_file_lines(result))
     return "\n".join(lines)
 
 
