@@ -263,8 +263,10 @@ class JudgeClient:
             return f"no answer within {self.settings.timeout:g} s ({tries})"
         if isinstance(exc, self._openai.APIConnectionError):
             cause: BaseException = exc
-            while cause.__cause__ is not None or cause.__context__ is not None:
-                cause = cause.__cause__ or cause.__context__  # the socket error says most
+            for _ in range(10):  # down the chain to the socket error, which says most
+                if (cause.__cause__ or cause.__context__) is None:
+                    break
+                cause = cause.__cause__ or cause.__context__
             return f"cannot reach {self.settings.url}: {' '.join(str(cause).split())[:120] or type(cause).__name__} ({tries})"
         if isinstance(exc, self._openai.APIStatusError):
             body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None  # OpenAI's {"error": {...}}
