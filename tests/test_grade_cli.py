@@ -67,17 +67,18 @@ def test_bad_arguments_exit_2():
 def test_json_schema(capsys):
     assert grade(FIXTURES / "halfwidth_extra.txt", FIXTURES / "empty.txt", "--json") == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert set(doc) == {"schema_version", "gt", "test", "files", "summary"}
     graded, error = doc["files"]
-    assert set(graded) == {"path", "status", "error", "repairs", "missing", "mean", "poems"}
+    assert set(graded) == {"path", "status", "error", "repairs", "missing", "mean", "poems", "judge"}
     assert graded["status"] == "graded" and graded["missing"] == 1 and set(graded["mean"]) == set(MEAN_FIELDS)
     poem = graded["poems"][0]
     assert set(poem) == {"index", "status", "source", "input", "gt_verses", "prediction", "verses", "scores",
-                         "raw_scores", "form", "prosody", "repairs"}
+                         "raw_scores", "form", "prosody", "repairs", "judge"}
+    assert poem["judge"] is None and graded["judge"] is None and doc["summary"]["judge"] is None  # no judge asked
     assert poem["scores"]["verse_exact"] == 1.0 and poem["form"]["verse_count"] == 4
     assert error == {"path": str(FIXTURES / "empty.txt"), "status": "error", "error": error["error"],
-                     "repairs": [], "missing": None, "mean": None, "poems": []}
+                     "repairs": [], "missing": None, "mean": None, "poems": [], "judge": None}
     assert doc["summary"]["files"] == 2 and doc["summary"]["errors"] == 1 and doc["summary"]["graded"] == 1
 
 

@@ -7,7 +7,6 @@ import torch
 from matplotlib.figure import Figure
 
 from tangpoem import lessons as notebook, plots
-from tangpoem.config import Config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

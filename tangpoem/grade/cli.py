@@ -3,6 +3,8 @@
 Exit status: 0 every file graded, 1 some file could not be graded (it gets an error row; the tables,
 --csv and --html are written all the same), 2 bad arguments, a missing/broken GT or test file, or a
 report that could not be written (one `error: ...` line on stderr each).
+With --judge-url/--judge-model an LLM judge also scores each poem; poems it could not score are
+marked in the reports and on stderr, and do not change the exit status.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import sys
 
 from tangpoem.errors import InputError
+from tangpoem.grade.judge_client import add_judge_arguments, settings_from_args
 from tangpoem.grade.limits import MAX_SUBMISSION_BYTES
 from tangpoem.io import atomic_write_text, display_path
 
@@ -31,6 +34,7 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-file-size", type=_positive_int, default=MAX_SUBMISSION_BYTES, metavar="BYTES",
                         help="a larger submission gets an error row instead of being graded "
                              f"(default {MAX_SUBMISSION_BYTES:,}; a course results file is ~5 KB)")
+    add_judge_arguments(parser)
 
 
 def _positive_int(text: str) -> int:
@@ -50,7 +54,12 @@ def run_grade(args: argparse.Namespace) -> int:
     from tangpoem.grade.report import class_csv, format_text, render_html, report_json
 
     try:
+        judge_settings = settings_from_args(args)
         report = grade_paths(args.results, args.gt, args.test, args.max_file_size)
+        if judge_settings:
+            from tangpoem.grade.judge import judge_results
+
+            judge_results(report.files, judge_settings)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -68,6 +77,11 @@ def run_grade(args: argparse.Namespace) -> int:
         sys.stdout.write(format_text(report))
     for result in report.errors:
         print(f"error: {result.error}", file=sys.stderr)
+    for result in report.graded:
+        if result.judge and result.judge.failed:
+            number, reason = result.judge.errors[0]
+            print(f"judge: {display_path(result.path)}: {result.judge.failed} of {len(result.poems)} poems not judged "
+                  f"(poem {number}: {reason})", file=sys.stderr)
     for line in unwritten:
         print(line, file=sys.stderr)
     return 2 if unwritten else report.exit_code

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
+from typing import TYPE_CHECKING
 
 from tangpoem.errors import InputError
 from tangpoem.grade.limits import MAX_ANSWER_CHARS, MAX_SUBMISSION_BYTES
@@ -21,6 +22,9 @@ from tangpoem.grade.parse import (ParsedPoem, Submission, TestPoem, _CoupletInde
                                   load_test_poems, parse_submission)
 from tangpoem.grade.prosody import ProsodyScores, prosody_scores
 from tangpoem.io import display_path
+
+if TYPE_CHECKING:
+    from tangpoem.grade.judge import FileJudgement, PoemVerdict
 
 PROSODY_FIELDS = ("pingze_score", "rhyme_score")
 # Names of the per-file means, in report order (raw content scores carry a "raw_" prefix).
@@ -42,6 +46,7 @@ class PoemResult:
     form: FormScores
     prosody: ProsodyScores
     notes: list[str] = field(default_factory=list)
+    judge: PoemVerdict | None = None  # the LLM judge's scores, when asked for (grade/judge.py)
 
 
 @dataclass
@@ -52,6 +57,7 @@ class FileResult:
     notes: list[str] = field(default_factory=list)
     poems: list[PoemResult] = field(default_factory=list)
     mean: dict[str, float | None] = field(default_factory=dict)
+    judge: FileJudgement | None = None  # pass counts and marks from the LLM judge, when asked for
 
     @property
     def missing(self) -> int:

@@ -15,8 +15,10 @@ import jinja2
 
 from tangpoem.grade.grading import MEAN_FIELDS, ClassReport, FileResult, PoemResult, poem_scores
 from tangpoem.grade.limits import SHOWN_EXTRA_VERSES, SHOWN_NOTES, SHOWN_PREDICTION_CHARS, SHOWN_VERSE_CHARS
+from tangpoem.grade.judge_view import (JUDGE_CSV_FIELDS, class_judgement_json, judge_csv_cells, judge_file_lines,
+                                       judge_summary_text, judgement_json, marks_line, score_text, verdict_json)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the LLM judge's "judge" objects (docs/grade-json-schema.md)
 
 # Columns of the text tables: (header, key of MEAN_FIELDS), for each poem and for the means alike.
 _MEAN_COLUMNS = (("exact", "verse_exact"), ("charF1", "char_f1"), ("align", "char_accuracy"),
@@ -59,6 +61,7 @@ def format_file_table(result: FileResult) -> str:
         lines.append(f"{poem.index:>3}  {poem.status:<7}  {cells}  {len(poem.notes)}")
     cells = " ".join(f"{_fmt(result.mean[key]):>7}" for _, key in _MEAN_COLUMNS)
     lines.append(f"{'mean':>12}  {cells}")
+    lines.extend(judge_file_lines(result))
     for note in shown_notes(result.notes):
         lines.append(f"   repair: {note}")
     for poem in result.poems:
@@ -86,7 +89,9 @@ def format_summary(report: ClassReport) -> str:
 
 
 def format_text(report: ClassReport) -> str:
-    return "\n\n".join([*(format_file_table(f) for f in report.files), "== summary\n" + format_summary(report)]) + "\n"
+    judge = judge_summary_text(report)
+    return "\n\n".join([*(format_file_table(f) for f in report.files), "== summary\n" + format_summary(report),
+                        *([judge] if judge else [])]) + "\n"
 
 
 # ---------------------------------------------------------------- CSV
@@ -96,11 +101,11 @@ def class_csv(report: ClassReport) -> str:
     """One row per file: path, status, error, counts, and every mean score."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "status", "error", "poems", "missing", "repairs", *MEAN_FIELDS])
+    writer.writerow(["path", "status", "error", "poems", "missing", "repairs", *MEAN_FIELDS, *JUDGE_CSV_FIELDS])
     for result in report.files:
         means = [("" if result.mean.get(k) is None else f"{result.mean[k]:.6f}") for k in MEAN_FIELDS]
         writer.writerow([result.path, result.status, result.error or "", len(result.poems), result.missing,
-                         result.repair_count, *means])
+                         result.repair_count, *means, *judge_csv_cells(result.judge)])
     return buffer.getvalue()
 
 
@@ -121,6 +126,7 @@ def poem_json(poem: PoemResult) -> dict[str, Any]:
         "form": poem.form.as_dict(),
         "prosody": poem.prosody.as_dict(),
         "repairs": poem.notes,
+        "judge": verdict_json(poem.judge),
     }
 
 
@@ -133,6 +139,7 @@ def file_json(result: FileResult) -> dict[str, Any]:
         "missing": result.missing if result.status == "graded" else None,
         "mean": result.mean if result.status == "graded" else None,
         "poems": [poem_json(p) for p in result.poems],
+        "judge": judgement_json(result.judge),
     }
 
 
@@ -148,6 +155,7 @@ def report_json(report: ClassReport) -> dict[str, Any]:
             "graded": len(report.graded),
             "errors": len(report.errors),
             "mean": report.mean,
+            "judge": class_judgement_json(report),
         },
     }
 
@@ -200,6 +208,8 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
 )
 _ENV.filters["score"] = _fmt
+_ENV.filters["score10"] = score_text
+_ENV.globals["marks_line"] = marks_line
 
 
 def render_html(report: ClassReport) -> str:
@@ -207,4 +217,5 @@ def render_html(report: ClassReport) -> str:
     template = _ENV.get_template("report.html.j2")
     files = [{"result": f, "notes": shown_notes(f.notes), "poems": [_poem_view(p) for p in f.poems]}
              for f in report.files]
-    return template.render(report=report, files=files, mean_columns=_MEAN_COLUMNS, mean=report.mean)
+    return template.render(report=report, files=files, mean_columns=_MEAN_COLUMNS, mean=report.mean,
+                           judge_summary=class_judgement_json(report))
