@@ -26,11 +26,14 @@ from tangpoem.checkpoints import list_checkpoints, load_training_state
 from tangpoem.config import Config, describe, effective_yaml
 from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError
-from tangpoem.io import atomic_write_text
+from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.model import add_lora, load_adapter, load_base_model, load_tokenizer, prepare_for_training
 from tangpoem.runtime import Distributed, resolve_compute_dtype, resolve_device, seed_everything, set_rng_state, setup_distributed
 from tangpoem.tokens import (EncodedDataset, EncodedRow, answer_positions, collate, count_label_tokens, encode_training_rows, pack,
                              packed_kwargs)
+
+
+SUMMARY_FILE = "train_summary.json"  # steps, seconds and where they went (loading, capture, first step, checkpoint writes)
 
 
 # ----------------------------------------------------------------------------- rows, batches, loss
@@ -148,6 +151,7 @@ def prepare(cfg: Config, resume: bool | str = False) -> Run:
 
     from tangpoem.fast import levers
 
+    loading = time.perf_counter()
     ranks = setup_distributed()
     seed_everything(cfg.seed)
     device = resolve_device(cfg, ranks)
@@ -209,6 +213,7 @@ def prepare(cfg: Config, resume: bool | str = False) -> Run:
     run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
               total_steps, history, micro_loss, order, levers.step_reader(cfg, device, ranks, steps_per_epoch),
               contextlib.ExitStack(), params)
+    run.timings["load_seconds"] = run.started - loading  # process set-up, data, model and adapters
     try:
         levers.enter_training_modes(run.modes, model, cfg, autocast, log)
         if cfg.cuda_graphs and start_step < total_steps:
@@ -283,6 +288,10 @@ def train(cfg: Config, on_step_end: Sequence[Callable[[int, dict[str, float]], N
         torch.distributed.destroy_process_group()
     seconds = time.perf_counter() - run.started
     if run.ranks.is_main:
-        print(f"train: {run.total_steps - run.start_step} steps in {seconds:.1f} s; checkpoints in {run.output_dir}")
+        steps = run.total_steps - run.start_step
+        atomic_write_json(run.output_dir / SUMMARY_FILE, {"steps": steps, "seconds": seconds, "timings": run.timings,
+                                                         "last_loss": run.history[-1]["loss"] if run.history else None})
+        print(f"train: {steps} steps in {seconds:.1f} s (loading {run.timings['load_seconds']:.1f} s before); "
+              f"checkpoints in {run.output_dir}")
     return TrainResult(run.output_dir, list_checkpoints(run.output_dir), run.history, seconds, run.model, run.timings,
                        run.graph_shape)
