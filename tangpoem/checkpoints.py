@@ -1,41 +1,124 @@
-"""Checkpoints in an output_dir: written whole or not at all, listed oldest first, picked by index.
+"""Checkpoints in an output_dir: written whole or not at all, checked when listed, picked by index.
 
 A checkpoint is a folder `checkpoint-N` (N optimizer steps done) holding the LoRA adapter (peft's
-adapter_model.safetensors and adapter_config.json) and the training state a resumed run needs
-(training_state.pt: optimizer, schedule, loss scaler, history, random state, config). It is written into
-a temp folder and renamed into place, so a run killed at any moment leaves complete checkpoints only.
+adapter_model.safetensors and adapter_config.json), the training state a resumed run needs
+(training_state.pt: optimizer, schedule, loss scaler, history, random state, config) and, written last,
+manifest.json (each file's size). It is filled in a temp folder and renamed into place, so a run killed at
+any moment leaves complete checkpoints only; one damaged afterwards (a truncated copy, a full disk) is
+skipped with one line, and the newest good one is used instead.
+
+One run at a time writes an output_dir: a lock file names its process, host and start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
 import re
 import shutil
-import tempfile
+import socket
+import sys
+import time
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from tangpoem.errors import InputError
+from tangpoem.errors import InputError, RunError
+from tangpoem.io import atomic_dir, atomic_write_json, display_path, umask_mode
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 STATE_FILE = "training_state.pt"
+MANIFEST_FILE = "manifest.json"  # written last: the files of the checkpoint and their sizes
 HISTORY_FILE = "loss_history.json"
+LOCK_FILE = ".tangpoem.lock"
+STALE_TEMP_GLOB = ".checkpoint-*.tmp"  # what a save killed midway leaves behind
 
 
 def checkpoint_step(path: Path) -> int:
     return int(CHECKPOINT_RE.match(path.name).group(1))  # type: ignore[union-attr]
 
 
+# ----------------------------------------------------------------------------- checking
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file starts with the length of its JSON header, then the header: both must be there."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "no header"
+        length = int.from_bytes(head, "little")
+        if length > path.stat().st_size - 8:
+            return "header cut short"
+        try:
+            json.loads(f.read(length))
+        except ValueError:
+            return "header unreadable"
+    return None
+
+
+def adapter_problem(folder: Path) -> str | None:
+    """Why `folder` holds no loadable peft adapter, or None."""
+    for name in (ADAPTER_CONFIG_FILE, ADAPTER_FILE):
+        if not (folder / name).is_file():
+            return f"{name} missing"
+    try:
+        json.loads((folder / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{ADAPTER_CONFIG_FILE} unreadable"
+    problem = _safetensors_problem(folder / ADAPTER_FILE)
+    return f"{ADAPTER_FILE}: {problem}" if problem else None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be used, or None: files missing, sizes other than its manifest
+    recorded, headers unreadable. Checkpoints of older versions (no manifest) are checked without sizes."""
+    if not (folder / STATE_FILE).is_file():
+        return f"{STATE_FILE} missing"
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        manifest = None
+    except (OSError, ValueError):
+        return f"{MANIFEST_FILE} unreadable"
+    for name, size in (manifest or {}).get("files", {}).items():
+        actual = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if actual != size:
+            return f"{name}: {'missing' if actual is None else f'{actual:,} bytes'}, the manifest says {size:,}"
+    if not zipfile.is_zipfile(folder / STATE_FILE):  # torch.save writes a zip; a cut one has no directory
+        return f"{STATE_FILE} cut short or unreadable"
+    return adapter_problem(folder)
+
+
+_REPORTED: set[tuple[str, float]] = set()
+
+
+def _report_damaged(folder: Path, problem: str) -> None:
+    """One line per damaged checkpoint per process (listings repeat)."""
+    key = (str(folder), folder.stat().st_mtime)
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        print(f"warning: {display_path(folder)} is damaged ({problem}); skipped", file=sys.stderr)
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first. Temp folders of an interrupted save are never listed."""
+    """The usable checkpoints, oldest first. Temp folders of an interrupted save are never listed; a damaged
+    checkpoint is skipped with one line on stderr."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), path) for path in root.iterdir() if (m := CHECKPOINT_RE.match(path.name))
-             and (path / ADAPTER_FILE).is_file() and (path / STATE_FILE).is_file()]
+    found = []
+    for path in root.iterdir():
+        if (match := CHECKPOINT_RE.match(path.name)) and path.is_dir():
+            if problem := checkpoint_problem(path):
+                _report_damaged(path, problem)
+            else:
+                found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
 
 
@@ -48,26 +131,43 @@ def pick_checkpoint(output_dir: str | os.PathLike, index: int = -1) -> Path:
     """The homework's pick-by-index over the checkpoint list (-1 = the last one)."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        raise InputError(f"{output_dir}: no checkpoints (train first)")
+        raise InputError(f"{display_path(output_dir)}: no checkpoints (train first)")
     picked = picked_index(len(checkpoints), index)
     if picked is None:
-        raise InputError(f"config key 'checkpoint_index' = {index}: {output_dir} has {len(checkpoints)} checkpoints")
+        raise InputError(f"config key 'checkpoint_index' = {index}: {display_path(output_dir)} has {len(checkpoints)} checkpoints")
     return checkpoints[picked]
 
 
+# ----------------------------------------------------------------------------- writing
+
+def is_disk_full(exc: BaseException, where: Path) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain, or torch.save's zip writer failing (its message hides the errno)
+    while the disk is all but full."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    if isinstance(exc, RuntimeError) and "inline_container" in str(exc):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(where).free < 64 * 2**20
+    return False
+
+
 def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: Path, step: int, keep: int) -> Path:
-    """Write the adapter and the training state into a temp folder, rename it into place; prune old ones."""
+    """Write the adapter, the training state and (last) the manifest into a temp folder, rename it into
+    place, then prune the oldest beyond `keep`. A full disk leaves the earlier checkpoints as they were."""
     final = output_dir / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", suffix=".tmp", dir=output_dir))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        torch.save(state, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_dir(final) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            torch.save(state, tmp / STATE_FILE)
+            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            atomic_write_json(tmp / MANIFEST_FILE, {"step": step, "files": files})
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc, output_dir):
+            raise
+        kept = [p.name for p in list_checkpoints(output_dir)]
+        raise RunError(f"no space left on device while writing {final.name} in {display_path(output_dir)}; "
+                       f"{', '.join(kept) or 'no checkpoint'} kept; free some space, then resume") from None
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -75,3 +175,67 @@ def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: P
 
 def load_training_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def clean_stale_temps(output_dir: Path) -> list[str]:
+    """Remove the temp folders of saves that were killed midway (only the run holding the lock may)."""
+    stale = [p for p in output_dir.glob(STALE_TEMP_GLOB) if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in stale]
+
+
+# ----------------------------------------------------------------------------- one run per output_dir
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    """The lock's holder, or None if it is stale: its process is gone (same host), or the file is unreadable
+    and older than a minute (a writer killed between creating and filling it)."""
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+            raise ValueError
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": "?", "host": "?", "started": "?"} if time.time() - lock.stat().st_mtime < 60 else None
+    if holder.get("host") == socket.gethostname() and not _alive(holder["pid"]):
+        return None
+    return holder
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path) -> Iterator[None]:
+    """Held while a run trains into `output_dir`; a second run is refused with one line naming the holder.
+    A lock left by a killed process of this host does not block."""
+    lock = output_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is None:
+                lock.unlink(missing_ok=True)  # stale: take it over
+                continue
+            raise InputError(f"{display_path(output_dir)}: another run is training into it (pid {holder.get('pid')} on "
+                             f"{holder.get('host')}, since {holder.get('started')}); wait for it to end, or choose another "
+                             f"output_dir (if that run is gone, delete {LOCK_FILE})") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(lock.read_text(encoding="utf-8")).get("pid") == me["pid"]:
+                lock.unlink()

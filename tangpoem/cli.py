@@ -49,7 +49,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tangpoem.train import train
 
-    result = train(config_from_args(args), resume=args.resume)
+    result = train(config_from_args(args), resume=args.resume, force=args.force)
     print(f"checkpoints: {', '.join(p.name for p in result.checkpoints)}")
     return 0
 
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="LoRA fine-tuning")
     _config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    train.add_argument("--force", action="store_true",
+                       help="with --resume: continue even where the config changes what is learned (it is refused otherwise)")
     train.set_defaults(func=cmd_train)
 
     generate = sub.add_parser("generate", help="generate the test poems into results.txt / results.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any, Sequence
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tangpoem.checkpoints import pick_checkpoint
+from tangpoem.checkpoints import adapter_problem, pick_checkpoint
 from tangpoem.config import Config
 from tangpoem.console import interactive
 from tangpoem.data import Row, load_test_rows
-from tangpoem.io import atomic_write_json, atomic_write_text
+from tangpoem.errors import InputError, RunError
+from tangpoem.io import atomic_write_files, display_path
 from tangpoem.model import load_adapter, load_base_model, load_tokenizer
 from tangpoem.prompt import INSTRUCTION
 from tangpoem.runtime import resolve_compute_dtype, resolve_device
@@ -118,6 +120,8 @@ def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tup
     device = resolve_device(cfg)
     if adapter == "auto":
         adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index)
+    elif adapter is not None and (problem := adapter_problem(Path(adapter))):
+        raise InputError(f"--adapter {display_path(adapter)}: not a LoRA adapter folder ({problem}); give a checkpoint-N folder")
     model = load_base_model(cfg, device)
     tokenizer = load_tokenizer(cfg)
     if adapter is not None:
@@ -136,11 +140,22 @@ def format_results_txt(rows: Sequence[Row], predictions: Sequence[str]) -> str:
 
 
 def write_results(rows: Sequence[Row], predictions: Sequence[str], results_dir: str | Path) -> tuple[Path, Path]:
-    """results.txt and results.json (instruction, input, predict), each written atomically."""
+    """results.txt and results.json (instruction, input, predict), written as one pair or not at all."""
+    from tangpoem.checkpoints import is_disk_full
+
     results_dir = Path(results_dir)
-    txt = atomic_write_text(results_dir / "results.txt", format_results_txt(rows, predictions))
+    if results_dir.exists() and not results_dir.is_dir():
+        raise InputError(f"results folder {display_path(results_dir)}: a file is in the way; choose a folder (results_dir)")
     records = [{"instruction": r.instruction, "input": r.input, "predict": p} for r, p in zip(rows, predictions)]
-    js = atomic_write_json(results_dir / "results.json", records)
+    txt, js = results_dir / "results.txt", results_dir / "results.json"
+    try:
+        atomic_write_files({txt: format_results_txt(rows, predictions).encode("utf-8"),
+                            js: (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode("utf-8")})
+    except OSError as exc:
+        if is_disk_full(exc, results_dir):
+            raise RunError(f"no space left on device while writing {display_path(txt)} and results.json; "
+                           "the earlier pair, if any, is kept") from None
+        raise
     return txt, js
 
 

@@ -21,7 +21,7 @@ import yaml
 from tangpoem.config import FIELDS, Config, effective_yaml, load_config
 from tangpoem.data import resolve_data_dir
 from tangpoem.errors import InputError
-from tangpoem.io import atomic_write_json, atomic_write_text
+from tangpoem.io import atomic_write_json, atomic_write_text, display_path
 from tangpoem.resources import NOTEBOOK_GLOB, checkout_notebooks, notebooks_dir
 
 KERNEL_NAME = "python3"  # passed explicitly: a kernel name stored in a notebook may not exist here
@@ -137,7 +137,10 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
         if key not in known:
             raise InputError(f"-p {key}: unknown parameter (not a config key, and no notebook declares it)")
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"--out {display_path(out_dir)}: a file is in the way; choose a folder") from None
     cfg = effective_config(config_path, out, parameters)
     resume = bool(_plain(parameters.get("resume", False)))
     if list_checkpoints(cfg.output_dir) and not resume:

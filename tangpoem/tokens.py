@@ -69,6 +69,16 @@ class EncodedDataset:
     def num_label_tokens(self) -> int:
         return count_label_tokens(self.rows)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of every row's tokens and labels: the same data, prompt, tokenizer and cutoff give the same."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for row in self.rows:
+            digest.update(repr((row.input_ids, row.labels)).encode())
+        return digest.hexdigest()
+
     def summary(self) -> str:
         return (
             f"{len(self.rows)} rows, {sum(self.lengths)} tokens (longest {max(self.lengths)}), "

@@ -22,10 +22,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from tangpoem.callbacks import Callback, Callbacks, StepFunction, default_callbacks
-from tangpoem.checkpoints import list_checkpoints, load_training_state
+from tangpoem.checkpoints import clean_stale_temps, list_checkpoints, load_training_state, output_dir_lock
 from tangpoem.config import Config, describe, effective_yaml
 from tangpoem.data import load_train_rows
-from tangpoem.errors import InputError
+from tangpoem.errors import InputError, say
 from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.model import add_lora, load_adapter, load_base_model, load_tokenizer, prepare_for_training
 from tangpoem.runtime import Distributed, resolve_compute_dtype, resolve_device, seed_everything, set_rng_state, setup_distributed
@@ -108,7 +108,7 @@ class Run:
     micro_loss: Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]  # (rows, answer tokens of the step, last)
     order: Callable[[int], Sequence[int]]  # epoch -> its rows in training order
     reader: Any  # callbacks.StepReader: a step's loss and grad norm as a record
-    modes: contextlib.ExitStack  # the levers' modes the loop runs in, left when it ends
+    modes: contextlib.ExitStack  # held while the loop runs: the output_dir's lock and the levers' modes
     params: list[torch.nn.Parameter] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"capture_seconds": 0.0, "checkpoint_seconds": 0.0})
@@ -128,11 +128,26 @@ class Run:
         return [local[i : i + size] for i in range(0, len(local), size)]
 
 
+def open_output_dir(cfg: Config, ranks: Distributed, held: contextlib.ExitStack, log: Callable[[str], None]) -> Path:
+    """The run's output_dir, created; on the main rank locked for this run (held until the run ends), its
+    killed saves' temp folders removed, and the effective config written into it."""
+    output_dir = Path(cfg.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"config key 'output_dir' = {cfg.output_dir!r}: a file is in the way; choose a folder") from None
+    log(describe(cfg))
+    if ranks.is_main:
+        held.enter_context(output_dir_lock(output_dir))
+        if stale := clean_stale_temps(output_dir):
+            log(f"removed {len(stale)} unfinished checkpoint folder(s) of a run that was killed while saving")
+        atomic_write_text(output_dir / "config.yaml", effective_yaml(cfg))
+    return output_dir
+
+
 def resume_point(output_dir: Path, resume: bool | str, log: Callable[[str], None]) -> Path | None:
     """The checkpoint to continue from: the latest with `resume` (with "auto", if there is one); none for a
     fresh run, which refuses an output_dir holding another run's checkpoints."""
-    from tangpoem.errors import say
-
     existing = list_checkpoints(output_dir)
     if resume == "auto":
         resume = bool(existing)
@@ -144,57 +159,41 @@ def resume_point(output_dir: Path, resume: bool | str, log: Callable[[str], None
     return existing[-1] if existing else None
 
 
-def prepare(cfg: Config, resume: bool | str = False) -> Run:
-    """Set a run up: process and seeds, data, model with LoRA, optimizer and schedule, the state to resume
-    from, and the levers. The returned run's `modes` are entered: `train` leaves them."""
+# What a resumed run must share with the checkpoint's, or it would learn something else than it started to.
+WHAT_IS_LEARNED = ("model_name_or_path", "load_in_4bit", "compute_dtype", "prompt_mode", "lora_r", "lora_alpha",
+                   "lora_dropout", "lora_target_modules", "seed", "num_epochs", "max_steps", "learning_rate",
+                   "weight_decay", "max_grad_norm", "batch_size", "warmup_steps", "balanced_steps")
+
+
+def check_resumable(state: dict[str, Any], checkpoint: Path, cfg: Config, dataset: EncodedDataset, force: bool) -> None:
+    """Refuse, one line per key, a resume whose config or training rows differ from the checkpoint's in
+    anything that changes what is learned; `force` resumes anyway."""
+    saved = state.get("config", {})
+    changes = [f"  {key}: {saved[key]!r} in {checkpoint.name}, {getattr(cfg, key)!r} now"
+               for key in WHAT_IS_LEARNED if key in saved and saved[key] != getattr(cfg, key)]
+    if state.get("data_sha256", dataset.fingerprint) != dataset.fingerprint:
+        changes.append(f"  the training rows (data_dir, num_train_data, cutoff_len or the tokenizer) differ from {checkpoint.name}'s")
+    if changes and not force:
+        raise InputError("\n".join([f"{checkpoint.parent}: resuming {checkpoint.name} would change what is learned:", *changes,
+                                    "set them back, choose another output_dir, or resume anyway with "
+                                    + say("--force", "`train(cfg, resume=True, force=True)`")]))
+
+
+def optimizer_and_schedule(cfg: Config, params: list[torch.nn.Parameter], device: torch.device, dtype: torch.dtype,
+                           total_steps: int) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
+    """AdamW, linear warmup then linear decay (HF Trainer's defaults, as the homework), and the fp16 loss scaler."""
     from transformers import get_linear_schedule_with_warmup
 
-    from tangpoem.fast import levers
-
-    loading = time.perf_counter()
-    ranks = setup_distributed()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg, ranks)
-    dtype = resolve_compute_dtype(cfg, device)
-    levers.check_training_levers(cfg, device, ranks)
-    log = print if ranks.is_main else (lambda *a, **k: None)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    log(describe(cfg))
-    if ranks.is_main:
-        atomic_write_text(output_dir / "config.yaml", effective_yaml(cfg))
-
-    # data: tokenized once, with the label mask
-    tokenizer = load_tokenizer(cfg)
-    dataset = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, cfg.num_train_data), cfg.cutoff_len, cfg.prompt_mode)
-    log(f"data: {dataset.summary()}")
-
-    # model: the base (NF4 on a GPU) with fresh LoRA adapters, or the adapters of the checkpoint resumed
-    latest = resume_point(output_dir, resume, log)
-    base = levers.prepare_base(load_base_model(cfg, device), cfg, dtype)
-    model = load_adapter(prepare_for_training(base, cfg), str(latest), trainable=True) if latest else add_lora(base, cfg)
-    if ranks.is_main:
-        model.print_trainable_parameters()
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    # optimizer and schedule: AdamW, linear warmup then linear decay (HF Trainer's defaults, as the homework)
-    steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # one kernel for all LoRA tensors, same update rule
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and dtype == torch.float16)
-    history, start_step = [], 0
-    if latest is not None:
-        state = load_training_state(latest)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"] or {})
-        history, start_step = state["history"], state["step"]
-        set_rng_state(state["rng"])
-        log(f"resume: from {latest} (step {start_step} of {total_steps})")
+    return optimizer, scheduler, scaler
 
-    # the micro-step: batch layout, loss, mixed precision and DDP, each chosen here once
+
+def eager_micro_loss(cfg: Config, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype,
+                     ranks: Distributed) -> Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]:
+    """The micro-step's loss: batch layout, loss, mixed precision and DDP, each chosen here once."""
     train_model = model
     if ranks.world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
@@ -209,19 +208,65 @@ def prepare(cfg: Config, resume: bool | str = False) -> Run:
             # DDP averages gradients over ranks; each rank's loss is its share of the global sum
             return compute_loss(train_model, batch, num_items) * ranks.world_size
 
-    order = epoch_order(cfg, dataset.lengths)
-    run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
-              total_steps, history, micro_loss, order, levers.step_reader(cfg, device, ranks, steps_per_epoch),
-              contextlib.ExitStack(), params)
-    run.timings["load_seconds"] = run.started - loading  # process set-up, data, model and adapters
+    return micro_loss
+
+
+def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run:
+    """Set a run up: process and seeds, output_dir, data, model with LoRA, optimizer and schedule, the state
+    to resume from, and the levers. The returned run's `modes` are entered (the output_dir's lock, the levers'
+    modes): `train` leaves them."""
+    from tangpoem.fast import levers
+
+    loading = time.perf_counter()
+    ranks = setup_distributed()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg, ranks)
+    dtype = resolve_compute_dtype(cfg, device)
+    levers.check_training_levers(cfg, device, ranks)
+    log = print if ranks.is_main else (lambda *a, **k: None)
+    held = contextlib.ExitStack()
     try:
-        levers.enter_training_modes(run.modes, model, cfg, autocast, log)
+        output_dir = open_output_dir(cfg, ranks, held, log)
+        # data: tokenized once, with the label mask
+        tokenizer = load_tokenizer(cfg)
+        dataset = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, cfg.num_train_data), cfg.cutoff_len, cfg.prompt_mode)
+        log(f"data: {dataset.summary()}")
+        latest = resume_point(output_dir, resume, log)
+        state = load_training_state(latest) if latest else None
+        if state is not None:
+            check_resumable(state, latest, cfg, dataset, force)
+
+        # model: the base (NF4 on a GPU) with fresh LoRA adapters, or the adapters of the checkpoint resumed
+        base = levers.prepare_base(load_base_model(cfg, device), cfg, dtype)
+        model = load_adapter(prepare_for_training(base, cfg), str(latest), trainable=True) if latest else add_lora(base, cfg)
+        if ranks.is_main:
+            model.print_trainable_parameters()
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
+        total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+        optimizer, scheduler, scaler = optimizer_and_schedule(cfg, params, device, dtype, total_steps)
+        history, start_step = [], 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"] or {})
+            history, start_step = state["history"], state["step"]
+            set_rng_state(state["rng"])
+            log(f"resume: from {latest} (step {start_step} of {total_steps})")
+
+        micro_loss = eager_micro_loss(cfg, model, tokenizer, device, dtype, ranks)
+        run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
+                  total_steps, history, micro_loss, epoch_order(cfg, dataset.lengths),
+                  levers.step_reader(cfg, device, ranks, steps_per_epoch), held, params)
+        run.timings["load_seconds"] = run.started - loading  # process set-up, data, model and adapters
+        levers.enter_training_modes(run.modes, model, cfg, device.type == "cuda" and dtype != torch.float32, log)
         if cfg.cuda_graphs and start_step < total_steps:
             run_batches = [m for step in range(total_steps) for m in run.micro_batches(run.step_rows(step))]
             run.micro_loss, run.graph_shape = levers.graphed_micro_loss(
                 run.modes, model, micro_loss, run_batches, params, tokenizer.pad_token_id, dtype, device, run.timings, log)
     except BaseException:
-        run.modes.close()
+        held.close()
         raise
     run.timings["set_up_seconds"] = time.perf_counter() - run.started
     return run
@@ -271,14 +316,14 @@ class TrainResult:
 
 
 def train(cfg: Config, on_step_end: Sequence[Callable[[int, dict[str, float]], None] | Callback] = (),
-          resume: bool | str = False) -> TrainResult:
+          resume: bool | str = False, force: bool = False) -> TrainResult:
     """Fine-tune LoRA adapters on the course data; returns where the checkpoints are.
 
     `resume`: continue from the latest checkpoint in output_dir; "auto": if there is one (a notebook re-run
-    after a disconnect). `on_step_end` callbacks (functions `f(step, record)` or `Callback`s) get each step's record once, in
+    after a disconnect); a resume that would change what is learned is refused unless `force`. `on_step_end` callbacks (functions `f(step, record)` or `Callback`s) get each step's record once, in
     order, after the history has it and before its checkpoint is written. With `deferred_reads` a step's
     callbacks run once the next step is queued, except on log and save steps."""
-    run = prepare(cfg, resume)
+    run = prepare(cfg, resume, force)
     extra = [c if isinstance(c, Callback) else StepFunction(c) for c in on_step_end]
     callbacks = default_callbacks(run)
     callbacks[1:1] = extra  # after History, before Progress and Saver

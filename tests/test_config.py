@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tangpoem.config import Config, keys_of, load_config, parse_set
 from tangpoem.errors import InputError
@@ -64,6 +65,9 @@ def test_set_overrides_are_typed():
         ({"micro_batch_size": "four"}, "expected int, got 'four'"),
         ({"do_sample": "maybe"}, "expected bool"),
         ({"learning_rat": "1"}, "unknown config key 'learning_rat'"),
+        ({"learning_rate": "nan"}, "'learning_rate' = nan: must be a finite number"),
+        ({"max_grad_norm": "inf"}, "'max_grad_norm' = inf: must be a finite number"),
+        ({"seed": "-1"}, "'seed' = -1: must be between 0 and 2**32 - 1"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(overrides, message):
@@ -88,3 +92,44 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 def test_set_needs_key_value():
     with pytest.raises(InputError, match="expected key=value"):
         parse_set(["learning_rate"])
+
+
+def test_a_config_file_states_its_differences_from_a_base(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: breeze-colab-t4\nlearning_rate: 1.0e-4\n", encoding="utf-8")
+    cfg, base = load_config(tmp_path / "mine.yaml"), load_config("breeze-colab-t4")
+    assert cfg.learning_rate == 1e-4 and {k: v for k, v in cfg.to_dict().items() if k != "learning_rate"} == \
+        {k: v for k, v in base.to_dict().items() if k != "learning_rate"}
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n", encoding="utf-8")
+    with pytest.raises(InputError, match="'base:' chain returns to this file"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_overrides_of_none_keep_the_files_values_and_sources_are_kept():
+    from tangpoem.config import config_sources, describe
+
+    cfg = load_config("nano-cpu", {"learning_rate": None, "max_steps": 3}, source="notebook")
+    assert cfg.learning_rate == load_config("nano-cpu").learning_rate and cfg.max_steps == 3
+    assert config_sources(cfg)["max_steps"] == "notebook" and config_sources(cfg)["learning_rate"].endswith("nano-cpu.yaml")
+    assert describe(cfg).startswith("config: defaults < ") and describe(cfg).endswith("< notebook max_steps=3")
+
+
+def test_the_effective_config_file_reads_back_as_the_same_config():
+    from tangpoem.config import effective_yaml
+
+    cfg = load_config("taide-colab-t4", {"max_steps": 3})
+    assert yaml.safe_load(effective_yaml(cfg)) == cfg.to_dict()
+
+
+@pytest.mark.parametrize("case", ["directory", "not utf-8"])
+def test_unreadable_config_files_are_one_line(tmp_path, case):
+    path = tmp_path / "cfg.yaml"
+    if case == "directory":
+        path.mkdir()
+        expected = f"{path}: is a directory, not a config file"
+    else:
+        path.write_bytes("learning_rate: 1\n# 註解\n".encode("big5"))
+        expected = f"{path}: not UTF-8 text"
+    with pytest.raises(InputError) as e:
+        load_config(path)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)

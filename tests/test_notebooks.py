@@ -215,3 +215,11 @@ def test_the_whole_sequence_runs_headless_on_nano(tmp_path, capsys):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     before = json.loads((run / "demo_before.json").read_text(encoding="utf-8"))
     assert len(before["poems"]) == 3
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    assert main(["notebooks", "run", "--config", "nano-cpu", "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err == f"error: --out {a_file}: a file is in the way; choose a folder\n"
+    assert a_file.read_text() == "keep me"

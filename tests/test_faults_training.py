@@ -1,0 +1,223 @@
+"""Faults in a training run's files and disk, injected: every case ends in one line naming the file, key or
+run and what to do (exit 2 for bad input, 1 for a run that cannot go on), and nothing the user had is lost.
+
+The disk-full cases mount a small tmpfs (root only); elsewhere they are skipped with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tangpoem.checkpoints import LOCK_FILE, list_checkpoints, load_training_state
+from tangpoem.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--config", "tiny-cpu", "--set", "num_train_data=16", "--set", "max_new_tokens=4", "--set", "learning_rate=1e-2",
+        "--set", "warmup_steps=0"]
+
+
+def _train(out: Path, *extra: str, steps: int = 8) -> int:
+    return main(["train", *TINY, "--set", f"output_dir={out}", "--set", f"max_steps={steps}", *extra])
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run: checkpoint-4 and checkpoint-8."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(out) == 0
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-8"]
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncated adapter", "empty adapter", "truncated state", "missing adapter config"])
+def test_a_damaged_latest_checkpoint_is_skipped_and_the_newest_good_one_used(trained, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    latest = out / "checkpoint-8"
+    file = {"truncated adapter": "adapter_model.safetensors", "empty adapter": "adapter_model.safetensors",
+            "truncated state": "training_state.pt", "missing adapter config": "adapter_config.json"}[damage]
+    data = (latest / file).read_bytes()
+    if damage.startswith("missing"):
+        (latest / file).unlink()
+    else:
+        (latest / file).write_bytes(b"" if damage.startswith("empty") else data[: len(data) // 2])
+    capsys.readouterr()
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "checkpoint-8 is damaged" in warning and file in warning, warning
+
+    assert main(["generate", *TINY, "--set", f"output_dir={out}"]) == 0  # generation takes checkpoint-4
+    assert "checkpoint-4" in capsys.readouterr().out
+    assert _train(out, "--resume") == 0  # so does resuming; its new checkpoint-8 replaces the damaged one
+    printed = capsys.readouterr().out
+    assert "resume: from" in printed and "checkpoint-4 (step 4 of 8)" in printed
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_temp_folders_of_a_killed_save_are_removed_at_the_next_start(trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    (out / ".checkpoint-12.abc123.tmp").mkdir()
+    (out / ".checkpoint-12.abc123.tmp" / "adapter_model.safetensors").write_bytes(b"half")
+    assert _train(out, "--resume") == 0
+    assert not list(out.glob(".checkpoint-*.tmp"))
+    assert "removed 1 unfinished checkpoint folder" in capsys.readouterr().out
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_first(trained, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    # a live process of this host holds the lock
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "started": "then"}))
+        result = subprocess.run([sys.executable, "-m", "tangpoem.cli", "train", *TINY, "--set", f"output_dir={out}",
+                                 "--set", "max_steps=2"], capture_output=True, text=True, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip() == (f"error: {out}: another run is training into it (pid {holder.pid} on "
+                                         f"{os.uname().nodename}, since then); wait for it to end, or choose another "
+                                         f"output_dir (if that run is gone, delete {LOCK_FILE})")
+        assert not list_checkpoints(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed without cleaning up: its lock is stale and does not block
+    assert _train(out, steps=2) == 0
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_two_runs_started_together_never_share_an_output_dir(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, "-m", "tangpoem.cli", "train", *TINY, "--set", f"output_dir={out}",
+                              "--set", "max_steps=4", "--set", f"learning_rate={lr}"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for lr in ("1e-2", "1e-3")]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] == 2, results
+    refused = next(err for code, err in results if code == 2)
+    assert "another run is training into it" in refused or "holds checkpoints of an earlier run" in refused, refused
+    rates = {load_training_state(p)["config"]["learning_rate"] for p in list_checkpoints(out)}
+    assert len(rates) == 1 and list_checkpoints(out)  # every checkpoint is the one run's
+
+
+def test_a_resume_that_changes_what_is_learned_is_refused_one_line_per_key(trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    assert _train(out, "--resume", "--set", "learning_rate=1e-3", "--set", "lora_r=4") == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: {out}: resuming checkpoint-8 would change what is learned:",
+        "  lora_r: 8 in checkpoint-8, 4 now",
+        "  learning_rate: 0.01 in checkpoint-8, 0.001 now",
+        "set them back, choose another output_dir, or resume anyway with --force",
+    ]
+    assert _train(out, "--resume", "--set", "num_train_data=32") == 2  # other rows, same keys
+    assert "the training rows (data_dir, num_train_data, cutoff_len or the tokenizer) differ" in capsys.readouterr().err
+    assert _train(out, "--resume", "--force", "--set", "learning_rate=1e-3", steps=10) == 0
+    assert [p.name for p in list_checkpoints(out)][-1] == "checkpoint-10"
+
+
+def test_a_resume_onto_another_model_is_refused_before_loading_it(trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    assert _train(out, "--resume", "--set", "model_name_or_path=tiny-llama") == 2
+    err = capsys.readouterr().err
+    assert "  model_name_or_path: 'tiny-mistral' in checkpoint-8, 'tiny-llama' now" in err
+    assert "size mismatch" not in err and len(err.splitlines()) == 4  # the key, and its tokenizer makes other rows
+
+
+@pytest.mark.parametrize("case", ["adapter", "output_dir", "results_dir"])
+def test_paths_of_the_wrong_kind_are_one_line(tmp_path, capsys, case, trained):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    if case == "adapter":
+        code = main(["generate", *TINY, "--set", f"output_dir={trained}", "--adapter", str(tmp_path)])
+        expected = f"error: --adapter {tmp_path}: not a LoRA adapter folder (adapter_config.json missing); give a checkpoint-N folder"
+    elif case == "output_dir":
+        code = _train(a_file, steps=1)
+        expected = f"error: config key 'output_dir' = '{a_file}': a file is in the way; choose a folder"
+    else:
+        code = main(["generate", *TINY, "--set", f"output_dir={trained}", "--set", f"results_dir={a_file}"])
+        expected = f"error: results folder {a_file}: a file is in the way; choose a folder (results_dir)"
+    assert code == 2
+    assert _one_error_line(capsys) == expected
+    assert a_file.read_text() == "not a folder"
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a few hundred KB, or a skip saying why there is none."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def make(size_kb: int) -> Path:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'mount failed'}): needs root")
+        return mount
+
+    yield make
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _size_kb(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024 + 1
+
+
+def test_a_full_disk_while_saving_names_itself_and_keeps_the_last_checkpoint(trained, small_disk, capsys):
+    checkpoint_kb = _size_kb(trained / "checkpoint-4")
+    disk = small_disk(int(checkpoint_kb * 1.6) + 64)  # room for one checkpoint and the small files, not two
+    out = disk / "run"
+    assert _train(out, "--set", "save_total_limit=5") == 1
+    assert _one_error_line(capsys) == ("error: no space left on device while writing checkpoint-8 in "
+                                       f"{out}; checkpoint-4 kept; free some space, then resume")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
+    assert not list(out.glob(".checkpoint-*.tmp")) and not (out / LOCK_FILE).exists()
+
+
+def test_a_full_disk_while_writing_results_keeps_the_old_pair(trained, small_disk, capsys):
+    disk = small_disk(12)  # three 4 KB pages: the old pair and a filler take them all
+    (disk / "results.txt").write_text("old txt\n")
+    (disk / "results.json").write_text("[]\n")
+    (disk / "filler").write_bytes(b"x")
+    assert main(["generate", *TINY, "--set", f"output_dir={trained}", "--set", f"results_dir={disk}"]) == 1
+    assert _one_error_line(capsys).startswith(f"error: no space left on device while writing {disk}/results.txt and results.json")
+    assert (disk / "results.txt").read_text() == "old txt\n" and (disk / "results.json").read_text() == "[]\n"
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "results.json", "results.txt"]
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_killed_run_does_not_block_the_next(tmp_path):
+    """SIGKILL mid-run: no cleanup runs, the lock file stays; the next run (a resume) takes it over."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tangpoem.cli", "train", *TINY, "--set", f"output_dir={out}",
+                             "--set", "max_steps=40", "--set", "save_steps=2"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list_checkpoints(out) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / LOCK_FILE).exists() and list_checkpoints(out)
+    assert main(["train", *TINY, "--set", f"output_dir={out}", "--set", "max_steps=40", "--set", "save_steps=2", "--resume"]) == 0
+    assert list_checkpoints(out)[-1].name == "checkpoint-40" and not (out / LOCK_FILE).exists()
