@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tangpoem demo
 
 test: $(STAMP)
+	@scripts/install_system_deps.sh
 	@# undefined names and unused imports (pyflakes' checks) in every Python file, scripts no test runs included
 	$(PY) -m ruff check -q --select F tangpoem benchmarks tests scripts
 	$(PY) -m pytest -q

@@ -98,3 +98,9 @@ def resolve_compute_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if has_native_bf16(device) else torch.float16
+
+
+def uses_loss_scaling(device: torch.device, dtype: torch.dtype) -> bool:
+    """fp16 on a GPU scales the loss (torch's GradScaler) so that small gradients don't underflow; bf16 and
+    fp32 have the range not to need it."""
+    return device.type == "cuda" and dtype == torch.float16

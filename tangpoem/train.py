@@ -28,7 +28,8 @@ from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError, say
 from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.model import add_lora, load_adapter, load_base_model, load_tokenizer, prepare_for_training
-from tangpoem.runtime import Distributed, resolve_compute_dtype, resolve_device, seed_everything, set_rng_state, setup_distributed
+from tangpoem.runtime import (Distributed, resolve_compute_dtype, resolve_device, seed_everything, set_rng_state, setup_distributed,
+                              uses_loss_scaling)
 from tangpoem.tokens import (EncodedDataset, EncodedRow, answer_positions, collate, count_label_tokens, encode_training_rows, pack,
                              packed_kwargs)
 
@@ -187,7 +188,7 @@ def optimizer_and_schedule(cfg: Config, params: list[torch.nn.Parameter], device
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # one kernel for all LoRA tensors, same update rule
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=uses_loss_scaling(device, dtype))
     return optimizer, scheduler, scaler
 
 

@@ -123,3 +123,32 @@ def test_cjk_alone_tokenizer_gives_one_token_per_chinese_character():
     assert ids[0] == alone.bos_token_id and len(ids) == 1 + len(line)
     assert alone.convert_ids_to_tokens(ids[1:]) == ["▁春", *line[1:]] and alone.decode(ids[1:]) == line
     assert len(tiny.build_tokenizer(300, texts=texts)(line).input_ids) < 1 + len(line)
+
+
+def test_a_7b_model_on_a_cpu_is_refused_before_loading(tmp_path, capsys):
+    """Breeze's shape in float32 needs ~28 GiB; a Colab CPU runtime has ~12. Only config.json is read: the
+    folder holds no weights at all, so a refusal that loaded them would fail differently."""
+    from transformers import MistralConfig
+
+    from tangpoem.cli import main
+    from tangpoem.errors import InputError, speak_to
+    from tangpoem.model import refuse_too_big_for_cpu
+
+    MistralConfig(vocab_size=61952, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8).save_pretrained(tmp_path)
+    cfg = Config(model_name_or_path=str(tmp_path), load_in_4bit=False, device="cpu")
+    with pytest.raises(InputError) as e:
+        refuse_too_big_for_cpu(cfg, available_bytes=12 * 2**30)
+    assert str(e.value) == (f"config key 'model_name_or_path' = '{tmp_path}': 7.5 B parameters need ~28 GiB in float32 "
+                            "on a CPU, and this machine has 12 GiB free; use a GPU runtime (Colab: Runtime > Change "
+                            "runtime type > T4 GPU), or the CPU model: `--config nano-cpu`")
+    speak_to("notebook")
+    try:
+        with pytest.raises(InputError, match='or the CPU model: `config_file = "nano-cpu"`$'):
+            refuse_too_big_for_cpu(cfg, available_bytes=12 * 2**30)
+    finally:
+        speak_to("cli")
+    refuse_too_big_for_cpu(cfg, available_bytes=64 * 2**30)  # a big machine may try
+    # the command: this machine has 24 GiB, under the ~28 needed
+    assert main(["generate", "--config", "tiny-cpu", "--set", f"model_name_or_path={tmp_path}", "--no-adapter"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: config key 'model_name_or_path' = '{tmp_path}': 7.5 B parameters")
