@@ -52,7 +52,9 @@ def test_nf4_double_quant_loading(small_mistral, tmp_path, course_dir):
     assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     state = layers[0].weight.quant_state
     assert state.quant_type == "nf4" and state.nested  # NF4 with double quantization
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from tangpoem.runtime import has_native_bf16
+
+    expected = torch.bfloat16 if has_native_bf16(torch.device("cuda")) else torch.float16
     assert layers[0].compute_dtype == expected
     print(f"NF4 footprint: {model.get_memory_footprint() / 2**20:.1f} MiB on {torch.cuda.get_device_name()}")
 
@@ -79,7 +81,7 @@ def test_resume_on_gpu(small_mistral, tmp_path, course_dir):
     cfg = gpu_config(small_mistral, tmp_path, course_dir, max_steps=4, save_steps=2)
     train(cfg)
     longer = gpu_config(small_mistral, tmp_path, course_dir, max_steps=6, save_steps=2)
-    result = train(longer, resume=True)
+    result = train(longer, resume=True, force=True)  # a longer run has another schedule: resumed only when forced
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
 
 
@@ -205,3 +207,22 @@ def test_cuda_graphs_give_their_memory_pool_back_after_training(small_mistral, t
     assert gc.get_freeze_count() == 0
     assert result.timings["capture_seconds"] > 0
     print(f"graph pool during the loop: {(max(during) - before) / 2**20:.1f} MiB; capture {result.timings['capture_seconds']:.2f} s")
+
+
+def test_dense_generation_is_the_users_fast_path_and_writes_the_same_poems(small_mistral, tmp_path, course_dir):
+    """generate_test_results, the function behind `tangpoem generate` and notebook 06: with breeze-h100's
+    dense_generation and static_cache (the NF4 weights under the adapter dequantized once, the decode step
+    replayed as a CUDA graph) greedy decoding writes the results.txt of the plain NF4 path."""
+    common = dict(compute_dtype="bfloat16", max_steps=2, save_steps=2, do_sample=False, max_new_tokens=32,
+                  gradient_checkpointing=False)
+    cfg = gpu_config(small_mistral, tmp_path, course_dir, **common)
+    train(cfg)
+    plain = generate_test_results(cfg)
+    dense_cfg = gpu_config(small_mistral, tmp_path, course_dir, **common, dense_generation=True, static_cache=True,
+                           results_dir=str(tmp_path / "dense"))
+    dense = generate_test_results(dense_cfg)
+    again = generate_test_results(dense_cfg)  # a second call: nothing left over from the first
+    assert dense.txt.read_text(encoding="utf-8") == plain.txt.read_text(encoding="utf-8")
+    assert again.txt.read_text(encoding="utf-8") == plain.txt.read_text(encoding="utf-8")
+    print(f"generation: plain NF4 {plain.generate_seconds:.2f} s, dense + graphed {dense.generate_seconds:.2f} s "
+          f"(second call {again.generate_seconds:.2f} s); loading {plain.load_seconds:.2f} s / {dense.load_seconds:.2f} s")
