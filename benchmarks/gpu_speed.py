@@ -34,6 +34,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -187,8 +188,10 @@ def run_process(argv: list[str], timeout: float) -> tuple[int | None, list[str]]
     """Run `argv`, its output echoed as it comes; (exit status or None if stopped at `timeout`, its last lines)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
+    # a process group of its own (not a session: the device ends a command's sessionless leftovers), so that the
+    # stage and anything it started can be stopped together
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", start_new_session=True)
+                               errors="replace", process_group=0)
     tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def echo() -> None:
@@ -198,12 +201,15 @@ def run_process(argv: list[str], timeout: float) -> tuple[int | None, list[str]]
 
     reader = threading.Thread(target=echo, daemon=True)
     reader.start()
+    code: int | None = None
     try:
-        code: int | None = process.wait(timeout=max(timeout, 1))
+        code = process.wait(timeout=max(timeout, 1))
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)  # the stage's whole process group: nothing of it outlives its budget
-        process.wait()
-        code = None
+        pass
+    finally:  # also when this process is stopped (SIGTERM from `timeout`, Ctrl-C): nothing of the stage outlives it
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     reader.join(timeout=10)
     return code, list(tail)
 
@@ -257,13 +263,21 @@ def run_part(args: argparse.Namespace) -> Path:
     results: dict[str, Any] = {"part": args.part, "tiny": args.tiny, "budget_seconds": args.budget,
                                "environment": environment(args.commit), "figures": {}, "errors": {}, "skipped": {}}
     deadline = started + args.budget
+    # `timeout` stops a command with SIGTERM: leave through the finally blocks (the running stage is stopped, the
+    # part file keeps what was measured)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
     chosen = [s for s in args.stages.split(",") if s]
     for stage in PARTS[args.part]:
         if chosen and stage.key not in chosen:
             continue
-        run_stage(stage, run, results, deadline)
-        results["wall_seconds"] = time.perf_counter() - started
-        write_figures(out_file, results)
+        try:
+            run_stage(stage, run, results, deadline)
+        except SystemExit as stopped:
+            results["errors"][stage.key] = f"{stopped} while it ran"
+            raise
+        finally:
+            results["wall_seconds"] = time.perf_counter() - started
+            write_figures(out_file, results)
     print(json.dumps({k: results[k] for k in ("errors", "skipped", "wall_seconds")}, indent=1))
     return out_file
 

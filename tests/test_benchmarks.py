@@ -138,3 +138,21 @@ def test_a_tiny_run_records_the_peers_it_cannot_run(tmp_path, course_dir):
     assert part["figures"]["build"]["shape"] == "tiny (CPU smoke)"
     assert "unsloth" in part["errors"]["train_unsloth_fp16"].lower()
     assert set(part["figures"]) | set(part["errors"]) == {"build", "train_unsloth_fp16"}
+
+
+def test_the_roofline_model_meets_its_calibration_and_reports_held_out_errors(course_dir):
+    import roofline
+
+    result = roofline.report(str(course_dir))
+    model = result["model"]
+    assert result["token_counts"] == {"rows": 1040, "tokens": 111800, "answer_tokens": 31348}
+    # fitted exactly where one parameter meets one figure: the T4's homework, the H200's graphed step
+    assert model["t4_epoch_minutes"]["homework"] == pytest.approx(18.25, rel=1e-3)
+    assert model["fit_errors"]["breeze-h100 on H200"] == pytest.approx(0, abs=1e-3)
+    assert set(model["held_out_errors"]) == {"trl on H200", "unsloth on H200", "unsloth-bf16 on H200"}
+    for figures in result["sensitivity"].values():  # every other assumption refitted to the same T4 figure
+        assert figures["t4_epoch_minutes"]["homework"] == pytest.approx(18.25, rel=1e-2)
+    homework, t4_layout = model["recipes"]["homework"], model["recipes"]["breeze-colab-t4"]
+    assert homework["tokens_per_step"] == 16 * 256 and t4_layout["tokens_per_step"] == pytest.approx(111800 / 65)
+    assert t4_layout["Tesla T4"]["step_s"] < homework["Tesla T4"]["step_s"]
+    assert "note" in model["recipes"]["breeze-h100"]["Tesla T4"]
