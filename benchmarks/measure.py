@@ -30,18 +30,23 @@ def versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def gpu() -> dict[str, Any]:
-    """The card (name, UUID, compute capability, memory, driver) or, without CUDA, that there is none."""
+    """The card (name, UUID, compute capability, memory, driver), read with nvidia-smi so that the calling process
+    holds no CUDA context (an orchestrator's would sit on the card through every stage); torch where nvidia-smi is
+    absent; or, without CUDA, that there is none."""
+    fields = ("name", "uuid", "compute_cap", "memory.total", "driver_version")
+    try:
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "--id=0"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        name, uuid, capability, memory_mib, driver = [v.strip() for v in line.split(",")]
+        return {"device": name, "gpu_uuid": uuid, "compute_capability": capability, "memory_gb": float(memory_mib) * 2**20 / 1e9,
+                "driver": driver, "cuda": torch.version.cuda}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
     if not torch.cuda.is_available():
         return {"device": "cpu (no CUDA)"}
     props = torch.cuda.get_device_properties(0)
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        driver = "unknown"
     return {"device": props.name, "gpu_uuid": str(getattr(props, "uuid", "unknown")),
-            "compute_capability": f"{props.major}.{props.minor}", "memory_gb": props.total_memory / 1e9,
-            "driver": driver, "cuda": torch.version.cuda}
+            "compute_capability": f"{props.major}.{props.minor}", "memory_gb": props.total_memory / 1e9, "cuda": torch.version.cuda}
 
 
 def environment(commit: str) -> dict[str, Any]:
@@ -52,7 +57,7 @@ def environment(commit: str) -> dict[str, Any]:
 
 def results_file(results_dir: Path, suffix: str, device: str | None = None) -> Path:
     """<results_dir>/<the GPU's name, lower-case, dashes><suffix>.json (`device`: a name recorded earlier)."""
-    name = device or torch.cuda.get_device_name()
+    name = device or gpu()["device"]
     return results_dir / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + suffix + ".json")
 
 

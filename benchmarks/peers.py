@@ -51,7 +51,7 @@ def load_nf4(checkpoint: str, smoke: bool, **kwargs: Any) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     if smoke:
-        return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(checkpoint, **{**kwargs, "dtype": torch.float32})
     return AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=nf4_config(torch.bfloat16), device_map={"": 0}, **kwargs)
 
 
