@@ -6,7 +6,7 @@
 set -euo pipefail
 data_dir=$1; n=${2:-2}; commit=${3:-unknown}; results_dir=${4:-benchmarks/results}
 work=/tmp/ddp-scaling; rm -rf "$work"; mkdir -p "$work"
-python3 benchmarks/gpu_speed.py --data-dir "$data_dir" --build-only
+python3 benchmarks/breeze_shape.py /tmp/gpu-speed/breeze-shape --data-dir "$data_dir"
 python3 benchmarks/ddp_train.py /tmp/gpu-speed/breeze-shape "$data_dir" "$work/run-1" "$work/one.json"
 torchrun --standalone --nproc_per_node "$n" benchmarks/ddp_train.py /tmp/gpu-speed/breeze-shape "$data_dir" "$work/run-$n" "$work/ddp.json"
 python3 - "$work" "$n" "$commit" "$results_dir" <<'PY'
@@ -14,7 +14,7 @@ import json, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, "benchmarks")
-from gpu_speed import environment, results_file
+from measure import environment, results_file
 from tangpoem.io import atomic_write_json
 work, n, commit, results_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 one, ddp = (json.load(open(f"{work}/{name}.json")) for name in ("one", "ddp"))

@@ -1,515 +1,380 @@
-"""GPU speed and memory: the homework's recipe, TRL's SFTTrainer and tangpoem's, in one run on one GPU.
+"""GPU speed and memory: tangpoem on its users' path against the homework as written, TRL and Unsloth, on one GPU.
 
-    python benchmarks/gpu_speed.py --data-dir DIR --commit SHA [--baseline-steps 65] [--trl-steps 65]
-        [--baseline-prompts 15] [--t4-steps 65] [--stages train_homework,train_trl,...]
-    python benchmarks/gpu_speed.py --data-dir DIR --levers train,overhead,fused,t4,t4fused,generate   # each lever on and off
-    python benchmarks/gpu_speed.py --data-dir DIR --profile [--set key=value ...]   # where a step's time goes
+    python benchmarks/gpu_speed.py run --part 1 --data-dir DIR --out DIR --commit SHA [--budget 500]
+    python benchmarks/gpu_speed.py run --part 2 --data-dir DIR --out DIR --commit SHA [--budget 500]
+    python benchmarks/gpu_speed.py merge PART1.json PART2.json [--results-dir benchmarks/results]
+    python benchmarks/gpu_speed.py run --part all --tiny --data-dir DIR --out DIR        # CPU smoke of every path
 
-A random-initialised checkpoint of Breeze-7B's exact shape (speed and memory do not depend on the
-weights' values; the hub is out of reach) is written to disk and loaded in NF4 through tangpoem.
-Tokens come from a stand-in tokenizer: BPE merges for the prompt's ASCII, one token per Chinese
-character (Breeze's own tokenizer is out of reach). Figures go to <results-dir>/<gpu>[-suffix].json.
-TRL (and datasets) must be importable for the train_trl stage; without them that stage is recorded
-under "errors" and the others run.
+A run is two device commands of at most 9 minutes each (part 1, then part 2 on the same warm machine if it is
+still held); each writes OUT/part<N>.json, and `merge` makes benchmarks/results/<gpu>.json from the two, with the
+ratios and the issue's targets. Every stage is a process of its own (its own model, its own peak memory):
 
-With --baseline-steps / --trl-steps below 65 or --baseline-prompts below 15, those recipes are timed on
-that many steps / prompts and their whole-epoch / 15-prompt figure is that time scaled up; the JSON
-says so beside each figure.
+    part 1  build             the Breeze-shaped random checkpoint (benchmarks/breeze_shape.py), reused if present
+            train_cli         `python -m tangpoem.cli train --config breeze-h100`, timed from process start to exit;
+                              loading and the loop read from output_dir/train_summary.json
+            generate          generate_test_results(cfg) twice in one process, on the checkpoint train_cli wrote
+            train_homework    (a) the course notebook's training as written, 65 steps (benchmarks/peers.py)
+            train_trl         (c) TRL's SFTTrainer, 65 steps
+    part 2  build             (reused on a warm machine, else written again)
+            t4_profile        the CLI with `--config breeze-colab-t4`, fp16 forced as a T4 gets it, the caching
+                              allocator capped at 15 GB, no FlashAttention/cuDNN attention; its own peak memory
+            train_unsloth_fp16, train_unsloth_bf16   (d) Unsloth, 65 steps each, each on its own NF4 base
+            generate_homework the notebook's generation, one prompt at a time (scaled from --homework-prompts)
+
+A stage that fails is recorded under "errors" (exit status and its last output line) and the others run; one that
+the command's --budget cannot fit any more is recorded under "skipped"; the part file is rewritten after every stage,
+so what ran comes back even if the command is stopped. --tiny runs every stage on the CPU with a toy model (no
+NF4, float32, 2 steps): the plumbing, not figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import collections
 import json
-import platform
-import re
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
-import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from measure import environment, results_file, write_figures
 
-from tangpoem.config import load_config
-from tangpoem.data import load_test_rows, load_train_rows
-from tangpoem.io import atomic_write_json
-
-BREEZE_SHAPE = dict(vocab_size=61952, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768)
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+T4_MEMORY_GB = 15.0  # a Colab T4: 15 GB that torch can use (16 GB GDDR6, ~15.8 GB visible, the CUDA context's share on top)
 
 
-def stand_in_tokenizer(data_dir: str) -> Any:
-    """ASCII words merged as a 7B tokenizer would; every Chinese character (and full-width mark) one token.
-    Llama-style otherwise: ▁ word marks, BOS added, no pad token."""
-    from tangpoem.prompt import INSTRUCTION, course_prompt
-    from tangpoem.tiny import build_tokenizer
+@dataclass
+class Run:
+    """Where one command's stages read and write."""
 
-    chars = sorted({ch for r in load_train_rows(data_dir) for ch in r.input + r.output}
-                   | {ch for r in load_test_rows(data_dir) for ch in r.input} | set(course_prompt(INSTRUCTION, "")))
-    texts = tuple([course_prompt(INSTRUCTION, "")] * 200 + chars)
-    return build_tokenizer(len(chars) + 300, texts=texts, cjk_alone=True)
+    data_dir: str
+    work: Path
+    out: Path
+    tiny: bool
+    homework_prompts: int
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / "breeze-shape"
 
-def build_checkpoint(path: Path, tokenizer: Any) -> int:
-    from transformers import MistralConfig, MistralForCausalLM
+    def figures_file(self, key: str) -> Path:
+        return self.work / "figures" / f"{key}.json"
 
-    config = MistralConfig(**BREEZE_SHAPE, sliding_window=None, bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = MistralForCausalLM(config)
-    torch.set_default_dtype(torch.float32)
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(path, max_shard_size="5GB")
-    tokenizer.save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
-    return params
+    @property
+    def steps(self) -> int:
+        return 2 if self.tiny else 65
 
 
-# The homework's Trainer hyperparameters, shared by recipes (a) and (c).
-HOMEWORK_ARGS = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, num_train_epochs=1, learning_rate=3e-4,
-                     warmup_steps=50, logging_steps=20, seed=42)
+@dataclass
+class Stage:
+    key: str
+    least_seconds: float  # the least it took on an H200 (process start to exit): skipped when less is left
+    argv: Callable[[Run], list[str]]
+    read: Callable[[Run, float], dict[str, Any]]  # its figures, given its process seconds
+    needs: str = ""  # a stage whose figures it needs
+    output: str = ""  # the tangpoem output_dir it trains into (emptied first: a fresh run refuses old checkpoints)
 
 
-def epoch_figure(steps: int, seconds: float, peak: float) -> dict[str, Any]:
-    """A training time on `steps` steps as a whole-epoch (65-step) figure, saying whether it was scaled."""
-    return {"steps_timed": steps, "seconds_timed": seconds, "peak_gb": peak, "seconds_per_step": seconds / steps,
-            "epoch_seconds": seconds / steps * 65, "epoch_seconds_is": "measured" if steps == 65 else f"scaled from {steps} steps"}
+# ----------------------------------------------------------------------------- the stages
+
+def python(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(BENCH / script), *args]
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, seconds, peak GB allocated during the call)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    result = fn()
-    torch.cuda.synchronize()
-    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() / 1e9
+def sets(**values: Any) -> list[str]:
+    return [a for key, value in values.items() for a in ("--set", f"{key}={value}")]
 
 
-def homework_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: int, out: Path) -> dict[str, Any]:
-    """The homework's recipe: rows padded to 256, micro-batch 4 x accumulation 4, fp16 autocast,
-    gradient checkpointing, HF Trainer."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
-    from tangpoem.model import lora_config
-    from tangpoem.tokens import IGNORE_INDEX, encode_training_rows
-
-    rows = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, 1040), 256).rows
-    dataset = [{"input_ids": r.input_ids + [tokenizer.pad_token_id] * (256 - len(r.input_ids)),
-                "labels": r.labels + [IGNORE_INDEX] * (256 - len(r.labels)),
-                "attention_mask": [1] * len(r.input_ids) + [0] * (256 - len(r.input_ids))} for r in rows]
-    model = get_peft_model(prepare_model_for_kbit_training(base, use_gradient_checkpointing=True), lora_config(cfg))
-    args = TrainingArguments(output_dir=str(out), max_steps=steps, fp16=True, gradient_checkpointing=True, optim="adamw_torch",
-                             save_strategy="no", report_to="none", disable_tqdm=True, **HOMEWORK_ARGS)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
-    _, seconds, peak = timed(trainer.train)
-    figure = epoch_figure(steps, seconds, peak)
-    model.unload()  # the LoRA layers go; the base stays for the next recipe
-    return figure
+def smoke_overrides(run: Run) -> dict[str, Any]:
+    """--tiny: the GPU configs made to run on a CPU (no NF4, no GPU-only levers), 2 steps, 8 new tokens."""
+    if not run.tiny:
+        return {}
+    return {"load_in_4bit": "false", "dequantize_base": "false", "varlen_attention": "false", "cuda_graphs": "false",
+            "compute_dtype": "float32", "max_steps": run.steps, "max_new_tokens": 8, "min_new_tokens": 8}
 
 
-def trl_training(base: torch.nn.Module, cfg: Any, tokenizer: Any, steps: int, out: Path, **overrides: Any) -> dict[str, Any]:
-    """(c) TRL's SFTTrainer on prompt/completion rows (the loss on completions only, TRL's default for
-    such rows) with the homework's hyperparameters and TRL's defaults otherwise."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from tangpoem.model import lora_config
-    from tangpoem.prompt import course_prompt
-
-    rows = load_train_rows(cfg.data_dir, 1040)
-    dataset = Dataset.from_list([{"prompt": course_prompt(r.instruction, r.input), "completion": r.output} for r in rows])
-    # precision is TRL's default too (bf16 where the GPU has it), on a fresh NF4 base with bf16 norms, as a
-    # careful user loads it (TRL does not run peft's k-bit preparation)
-    args = SFTConfig(output_dir=str(out), max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True,
-                     **{**HOMEWORK_ARGS, **overrides})
-    trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(cfg))
-    _, seconds, peak = timed(trainer.train)
-    figure = {**epoch_figure(steps, seconds, peak), "gradient_checkpointing": args.gradient_checkpointing,
-              "trl_version": __import__("trl").__version__}
-    trainer.model.unload()
-    return figure
+def tangpoem_sets(run: Run, output: str, **values: Any) -> list[str]:
+    return sets(**{"model_name_or_path": run.checkpoint, "data_dir": run.data_dir, "output_dir": run.work / output,
+                   **values, **smoke_overrides(run)})
 
 
-def homework_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, prompts: int) -> dict[str, Any]:
-    """One prompt at a time with output_scores and transformers' no_repeat_ngram_size 3, as the homework."""
-    from tangpoem.generate import generation_config
-    from tangpoem.tokens import encode_prompt
-
-    rows = load_test_rows(cfg.data_dir)[:prompts]
-    gen_config = generation_config(cfg, tokenizer)  # cfg forces the length (min_new_tokens): random weights never stop
-    model.eval()
-
-    def run() -> None:
-        for row in rows:
-            ids = torch.tensor([encode_prompt(tokenizer, row.instruction, row.input)], device="cuda")
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_config,
-                           output_scores=True, return_dict_in_generate=True)
-
-    _, seconds, peak = timed(run)
-    return {"prompts_timed": prompts, "seconds_timed": seconds, "peak_gb": peak,
-            "seconds_15": seconds / prompts * 15, "seconds_15_is": "measured" if prompts == 15 else f"scaled from {prompts} prompts"}
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-class StepClock:
-    """Wall time at which every optimizer step's figures are read (the loop waits for the step's loss then,
-    at the latest while the next step runs), so the first steps (capture, compilation) can be told apart
-    from the steady state."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def __call__(self, step: int, record: dict[str, float]) -> None:
-        self.ends.append(time.perf_counter())
-
-    def figures(self, loop_seconds: float, first_step_seconds: float, steps_per_epoch: int = 65) -> dict[str, Any]:
-        """`first_step_seconds`: from the loop's start (before any capture) to step 1's figures."""
-        later = [b - a for a, b in zip(self.ends, self.ends[1:])]
-        steps = [first_step_seconds, *later]
-        steady = sorted(steps[5:])[len(steps[5:]) // 2] if len(steps) > 5 else float("nan")
-        return {"first_step_s": steps[0], "first_5_steps_s": sum(steps[:5]), "steady_step_s": steady,
-                "steady_epoch_s": steady * steps_per_epoch, "after_last_step_s": loop_seconds - sum(steps),
-                "step_seconds": [round(s, 4) for s in steps]}
+def build_argv(run: Run) -> list[str]:
+    return python("breeze_shape.py", str(run.checkpoint), "--data-dir", run.data_dir, "--json", str(run.figures_file("build")),
+                  *(["--tiny"] if run.tiny else []))
 
 
-def tangpoem_training(cfg: Any) -> tuple[dict[str, Any], Any]:
-    """tangpoem's own loop on `cfg`, on its own base (loaded, and with dequantize_base dequantized)."""
-    from tangpoem.train import train
-
-    clock = StepClock()
-    result, seconds, peak = timed(lambda: train(cfg, on_step_end=[clock]))
-    train_seconds = result.seconds - result.timings["checkpoint_seconds"]
-    epoch = {k: v for k, v in epoch_figure(len(result.history), train_seconds, peak).items() if k.startswith("epoch_")}
-    # The homework's and TRL's runs save nothing (save_strategy "no"); tangpoem's loop ends by writing its
-    # checkpoint (adapter and optimizer state), so the figure compared with theirs leaves that write out.
-    figure = {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak, "steps": len(result.history),
-              "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **epoch,
-              **result.timings, "train_seconds": train_seconds,
-              "graph_shape": dataclasses.asdict(result.graph_shape) if result.graph_shape else None,
-              **clock.figures(result.seconds, result.timings["first_step_seconds"])}
-    return figure, result
+def from_figures(key: str) -> Callable[[Run, float], dict[str, Any]]:
+    return lambda run, seconds: {**read_json(run.figures_file(key)), "process_seconds": seconds}
 
 
-def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attempts: int = 2) -> dict[str, Any]:
-    """The 15 test prompts in one batch, n-gram bans on the device; `attempts` calls (with a static cache
-    each call captures its decode step as a CUDA graph; transformers' compile, which this replaces, cost the
-    first call ~35-40 s)."""
-    from tangpoem.generate import generate
+def cli_train_argv(run: Run) -> list[str]:
+    return [sys.executable, "-m", "tangpoem.cli", "train", "--config", "breeze-h100", *tangpoem_sets(run, "cli-h100")]
 
-    rows = load_test_rows(cfg.data_dir)
-    out: dict[str, Any] = {"new_tokens_per_poem": cfg.max_new_tokens, "static_cache": cfg.static_cache}
-    for attempt in range(attempts):
-        _, seconds, peak = timed(lambda: generate(model, tokenizer, rows, cfg, progress=False))
-        out[f"call_{attempt + 1}_seconds"], out["peak_gb"] = seconds, peak
-    out["seconds"] = out[f"call_{attempts}_seconds"]
+
+def train_summary(output: str) -> Callable[[Run, float], dict[str, Any]]:
+    """The command's wall time beside what train wrote: steps, the loop's seconds (from the run's set-up to the
+    last checkpoint written) and the seconds before it (process, data, model, adapters)."""
+
+    def read(run: Run, seconds: float) -> dict[str, Any]:
+        summary = read_json(run.work / output / "train_summary.json")
+        figures = {"process_seconds": seconds, "steps": summary["steps"], "loop_seconds": summary["seconds"],
+                   **summary["timings"], "last_loss": summary["last_loss"]}
+        peak_file = run.figures_file(output)
+        return {**figures, **(read_json(peak_file) if peak_file.is_file() else {})}
+
+    return read
+
+
+def generate_argv(run: Run) -> list[str]:
+    # the checkpoint train_cli wrote; random weights never stop, so every poem is forced to 128 new tokens
+    return python("users_path.py", "generate", "--json", str(run.figures_file("generate")), "--config", "breeze-h100",
+                  *tangpoem_sets(run, "cli-h100", results_dir=run.work / "generated", max_new_tokens=128, min_new_tokens=128))
+
+
+def t4_argv(run: Run) -> list[str]:
+    return python("users_path.py", "cli", "--peak-json", str(run.figures_file("cli-t4")), "--memory-gb", str(T4_MEMORY_GB),
+                  "--t4-kernels", "--", "train", "--config", "breeze-colab-t4",
+                  *tangpoem_sets(run, "cli-t4", compute_dtype="float16"))  # a T4's dtype, forced (the H200 would pick bf16)
+
+
+def peer_argv(recipe: str, key: str, *extra: str) -> Callable[[Run], list[str]]:
+    def argv(run: Run) -> list[str]:
+        return python("peers.py", recipe, "--checkpoint", str(run.checkpoint), "--data-dir", run.data_dir,
+                      "--work", str(run.work / key), "--json", str(run.figures_file(key)), "--steps", str(run.steps),
+                      "--prompts", str(1 if run.tiny else run.homework_prompts),
+                      "--adapter", str(run.work / "train_homework" / "exp1" / f"checkpoint-{run.steps}"),
+                      *extra, *(["--smoke"] if run.tiny else []))
+
+    return argv
+
+
+BUILD = Stage("build", 20, build_argv, from_figures("build"))
+PARTS: dict[str, list[Stage]] = {
+    "1": [
+        BUILD,
+        Stage("train_cli", 20, cli_train_argv, train_summary("cli-h100"), needs="build", output="cli-h100"),
+        Stage("generate", 15, generate_argv, from_figures("generate"), needs="train_cli"),
+        Stage("train_homework", 140, peer_argv("homework", "train_homework"), from_figures("train_homework"), needs="build"),
+        Stage("train_trl", 150, peer_argv("trl", "train_trl"), from_figures("train_trl"), needs="build"),
+    ],
+    "2": [
+        BUILD,
+        Stage("t4_profile", 40, t4_argv, train_summary("cli-t4"), needs="build", output="cli-t4"),
+        Stage("train_unsloth_fp16", 140, peer_argv("unsloth", "train_unsloth_fp16", "--dtype", "fp16"),
+              from_figures("train_unsloth_fp16"), needs="build"),
+        Stage("train_unsloth_bf16", 150, peer_argv("unsloth", "train_unsloth_bf16", "--dtype", "bf16"),
+              from_figures("train_unsloth_bf16"), needs="build"),
+        Stage("generate_homework", 30, peer_argv("homework-generate", "generate_homework"), from_figures("generate_homework"),
+              needs="build"),
+    ],
+}
+PARTS["all"] = PARTS["1"] + PARTS["2"][1:]
+
+
+# ----------------------------------------------------------------------------- running them
+
+def run_process(argv: list[str], timeout: float) -> tuple[int | None, list[str]]:
+    """Run `argv`, its output echoed as it comes; (exit status or None if stopped at `timeout`, its last lines)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    # a process group of its own (not a session: the device ends a command's sessionless leftovers), so that the
+    # stage and anything it started can be stopped together
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace", process_group=0)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+
+    def echo() -> None:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            tail.append(line.rstrip())
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    code: int | None = None
+    try:
+        code = process.wait(timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # also when this process is stopped (SIGTERM from `timeout`, Ctrl-C): nothing of the stage outlives it
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    reader.join(timeout=10)
+    return code, list(tail)
+
+
+def last_words(tail: list[str]) -> str:
+    """The line that says why a process failed: its last line naming an error, else its last line."""
+    lines = [line for line in tail if line.strip()]
+    named = [line for line in lines if "Error" in line or "error:" in line]
+    return (named or lines or ["(no output)"])[-1].strip()[:400]
+
+
+def run_stage(stage: Stage, run: Run, results: dict[str, Any], deadline: float) -> None:
+    built = (run.checkpoint / "breeze_shape.json").is_file()  # a complete checkpoint, of this command or an earlier one
+    if stage.needs and stage.needs not in results["figures"] and not (stage.needs == "build" and built):
+        results["skipped"][stage.key] = f"needs {stage.needs}, which did not run"
+        return
+    left = deadline - time.perf_counter()
+    least = 0 if run.tiny or (stage is BUILD and built) else stage.least_seconds
+    if left < least:
+        results["skipped"][stage.key] = f"{left:.0f} s of the command's budget left; it takes at least {least:.0f} s"
+        return
+    if stage is not BUILD:  # nothing of an earlier run of this stage is read as this one's
+        shutil.rmtree(run.work / stage.key, ignore_errors=True)
+        run.figures_file(stage.key).unlink(missing_ok=True)
+    if stage.output:
+        shutil.rmtree(run.work / stage.output, ignore_errors=True)
+        run.figures_file(stage.output).unlink(missing_ok=True)
+    argv = stage.argv(run)
+    print(f"--- {stage.key}: {' '.join(argv)}", flush=True)
+    started = time.perf_counter()
+    code, tail = run_process(argv, left)
+    seconds = time.perf_counter() - started
+    if code is None:
+        results["errors"][stage.key] = f"stopped at the end of the command's budget, after {seconds:.0f} s"
+    elif code != 0:
+        results["errors"][stage.key] = f"exit status {code}: {last_words(tail)}"
+    else:
+        try:
+            results["figures"][stage.key] = {**stage.read(run, seconds), "command": [str(a) for a in argv]}
+        except (OSError, ValueError, KeyError) as e:
+            results["errors"][stage.key] = f"ran, but its figures could not be read: {type(e).__name__}: {e}"
+    print(f"--- {stage.key}: {seconds:.1f} s, " + ("ok" if stage.key in results["figures"] else results["errors"][stage.key]), flush=True)
+
+
+def run_part(args: argparse.Namespace) -> Path:
+    started = time.perf_counter()
+    run = Run(args.data_dir, args.work, args.out, args.tiny, args.homework_prompts)
+    (run.work / "figures").mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_file = args.out / f"part{args.part}.json"
+    results: dict[str, Any] = {"part": args.part, "tiny": args.tiny, "budget_seconds": args.budget,
+                               "environment": environment(args.commit), "figures": {}, "errors": {}, "skipped": {}}
+    deadline = started + args.budget
+    # `timeout` stops a command with SIGTERM: leave through the finally blocks (the running stage is stopped, the
+    # part file keeps what was measured)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
+    chosen = [s for s in args.stages.split(",") if s]
+    for stage in PARTS[args.part]:
+        if chosen and stage.key not in chosen:
+            continue
+        try:
+            run_stage(stage, run, results, deadline)
+        except SystemExit as stopped:
+            results["errors"][stage.key] = f"{stopped} while it ran"
+            raise
+        finally:
+            results["wall_seconds"] = time.perf_counter() - started
+            write_figures(out_file, results)
+    print(json.dumps({k: results[k] for k in ("errors", "skipped", "wall_seconds")}, indent=1))
+    return out_file
+
+
+# ----------------------------------------------------------------------------- one results file from the parts
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def ratios(f: dict[str, Any]) -> dict[str, float | None]:
+    """Each peer's training seconds (trainer.train(), loading apart) over tangpoem's loop seconds (set-up to the
+    checkpoint written, loading apart), and whole processes against whole processes."""
+    get = lambda stage, key: f.get(stage, {}).get(key)  # noqa: E731
+    loop, t4 = get("train_cli", "loop_seconds"), get("t4_profile", "loop_seconds")
+    calls = get("generate", "calls") or [{}, {}]
+    out = {f"train_vs_{peer}": ratio(get(f"train_{peer}", "seconds"), loop)
+           for peer in ("homework", "trl", "unsloth_bf16", "unsloth_fp16")}
+    out |= {f"train_process_vs_{peer}": ratio(get(f"train_{peer}", "process_seconds"), get("train_cli", "process_seconds"))
+            for peer in ("homework", "trl", "unsloth_bf16", "unsloth_fp16")}
+    out |= {"t4_vs_homework": ratio(get("train_homework", "seconds"), t4),
+            "t4_vs_unsloth_fp16": ratio(get("train_unsloth_fp16", "seconds"), t4),
+            "t4_peak_over_unsloth_fp16_peak": ratio(get("t4_profile", "peak_gb"), get("train_unsloth_fp16", "peak_gb")),
+            "generate_vs_homework_first_call": ratio(get("generate_homework", "seconds_15"), calls[0].get("generate_seconds")),
+            "generate_vs_homework_second_call": ratio(get("generate_homework", "seconds_15"), calls[-1].get("generate_seconds"))}
     return out
 
 
-def profiled_training(cfg: Any, active: int = 3, wait: int = 4) -> dict[str, Any]:
-    """torch.profiler over `active` steps of tangpoem's loop, after `wait` steps and one warm-up step: GPU
-    kernel time and CPU time a step against the wall clock, the costliest kernels and the CPU's costliest
-    (or most frequent) calls. Kernels inside a CUDA graph are listed where CUPTI traces graph replays."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile, schedule
+def targets(f: dict[str, Any], r: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    """Issue 18's targets, each with its value and whether it is met (None: not measured)."""
+    get = lambda stage, key: f.get(stage, {}).get(key)  # noqa: E731
+    first_call = (get("generate", "calls") or [{}])[0].get("generate_seconds")
+    checks = [("training loop, 65 steps (s)", get("train_cli", "loop_seconds"), "<=", 6.0),
+              ("training vs the homework as written (x)", r["train_vs_homework"], ">=", 20.0),
+              ("training vs Unsloth bf16 (x)", r["train_vs_unsloth_bf16"], ">=", 20.0),
+              ("generating 15 poems, first call (s)", first_call, "<=", 1.2),
+              ("T4 profile vs the homework as written (x)", r["t4_vs_homework"], ">=", 4.0),
+              ("T4 profile vs Unsloth fp16 (x)", r["t4_vs_unsloth_fp16"], ">=", 3.0),
+              ("T4 profile's peak (GB)", get("t4_profile", "peak_gb"), "<=", 6.5),
+              ("T4 profile's peak over Unsloth fp16's", r["t4_peak_over_unsloth_fp16_peak"], "<=", 1.2),
+              ("breeze-colab-t4's peak (GB)", get("t4_profile", "peak_gb"), "<=", 14.0)]
+    return {name: {"value": value, "target": f"{op} {bound}",
+                   "met": None if value is None else (value <= bound if op == "<=" else value >= bound)}
+            for name, value, op, bound in checks}
 
-    from tangpoem.train import train
 
-    # one step more than profiled: the last step saves a checkpoint, which is no training step's cost.
-    # logging_steps 1: each step is read, and the profiler stepped, as it ends (not once the next step runs,
-    # which would let the window cut through a step in flight)
-    cfg = load_config(None, {**cfg.to_dict(), "max_steps": wait + 1 + active + 1, "save_steps": 1000, "logging_steps": 1})
-    clock = StepClock()
-    profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(wait=wait, warmup=1, active=active))
-    with profiler:
-        train(cfg, on_step_end=[clock, lambda step, record: profiler.step()])
-    averages = profiler.key_averages()
-    per_step = lambda microseconds: microseconds / active / 1000  # noqa: E731  (ms a step)
-    # kernels and copies (operators hold their time too; the ProfilerStep annotation is no kernel)
-    kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep")]
-    calls = [e for e in averages if e.device_type == DeviceType.CPU and not e.key.startswith("ProfilerStep")]
-
-    def row(e: Any) -> dict[str, Any]:
-        return {"name": e.key[:100], "calls_per_step": e.count / active, "gpu_ms_per_step": per_step(e.self_device_time_total),
-                "cpu_ms_per_step": per_step(e.self_cpu_time_total)}
-
-    return {
-        "steps_profiled": active, "config": cfg.to_dict(),
-        "wall_ms_per_step": 1000 * (clock.ends[-2] - clock.ends[-active - 2]) / active,
-        "gpu_kernel_ms_per_step": per_step(sum(e.self_device_time_total for e in kernels)),
-        "cpu_ms_per_step": per_step(sum(e.self_cpu_time_total for e in calls)),
-        "costliest_kernels": [row(e) for e in sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:30]],
-        "costliest_cpu_calls": [row(e) for e in sorted(calls, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]],
-        "most_frequent_cpu_calls": [row(e) for e in sorted(calls, key=lambda e: e.count, reverse=True)[:25]],
+def merge(part_files: list[Path], results_dir: Path) -> Path:
+    parts = [read_json(p) for p in part_files]
+    environments = {p["part"]: p["environment"] for p in parts}
+    first = parts[0]["environment"]
+    figures = {k: v for p in parts for k, v in p["figures"].items()}
+    errors = {k: v for p in parts for k, v in p["errors"].items() if k not in figures}
+    skipped = {k: v for p in parts for k, v in p["skipped"].items() if k not in figures}
+    r = ratios(figures)
+    results = {
+        "what": "tangpoem on its users' path (the CLI's train, generate_test_results) against the course notebook's "
+                "training as written, TRL and Unsloth, on a random-initialised Breeze-7B-shaped checkpoint in NF4",
+        "device": first["device"], "commit": first["commit"],
+        "one_machine": len({e.get("gpu_uuid") for e in environments.values()}) == 1,
+        "environments": environments, "tiny": any(p["tiny"] for p in parts),
+        "figures": figures, "ratios": r, "targets": targets(figures, r), "errors": errors, "skipped": skipped,
+        "notes": {"seconds": "a peer's `seconds` is its trainer.train() call; tangpoem's `loop_seconds` runs from the set-up "
+                            "after loading to the last checkpoint written; `process_seconds` is a whole process, start to exit",
+                  "t4_profile": f"breeze-colab-t4 through the CLI on the H200, compute_dtype forced to float16 (a T4 has no "
+                                f"bf16), the caching allocator capped at {T4_MEMORY_GB:g} GB, FlashAttention and cuDNN "
+                                "attention off (compute capability 8.0+ only); its peak is its own process's"},
     }
-
-
-# The main run's stages, in order (--stages picks some).
-STAGES = ("train_homework", "train_trl", "t4_profile", "train_tangpoem", "generate_homework", "generate_tangpoem")
-
-# Lever groups: (config file, overrides shared by the group, {label: overrides of one variant}). Each
-# variant trains on its own fresh NF4 base; the groups compare each lever on and off in one run.
-BEFORE = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
-          "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False,
-          "balanced_steps": False}  # the earlier groups measured shuffled steps; "balance" compares them
-DEQUANTIZED = {**BEFORE, "dequantize_base": True}
-GRAPHED = {**DEQUANTIZED, "varlen_attention": True, "cuda_graphs": True}
-T4_SHORT = {"compute_dtype": "float16", "max_steps": 16, "save_steps": 1000}  # fp16 as on a T4; 16 steps, scaled
-LEVER_GROUPS: dict[str, tuple[str, dict[str, Any], dict[str, dict[str, Any]]]] = {
-    "train": ("breeze-h100", {}, {
-        "packed, bf16 norms, answer logits (the previous breeze-h100)": BEFORE,
-        "+ dequantized base": DEQUANTIZED,
-        "+ compiled layers": {**BEFORE, "compile": True},
-        "+ dequantized base + compiled layers": {**DEQUANTIZED, "compile": True},
-    }),
-    # CPU-overhead levers on the dequantized base (an eager step waits on the CPU launching kernels)
-    "overhead": ("breeze-h100", {}, {
-        "dequantized base, sdpa attention (the previous breeze-h100)": DEQUANTIZED,
-        "+ varlen attention": {**DEQUANTIZED, "varlen_attention": True},
-        "+ varlen attention + CUDA graphs": GRAPHED,
-        "+ varlen attention + compiled layers": {**DEQUANTIZED, "varlen_attention": True, "compile": True},
-    }),
-    # element-wise work fused into ops PyTorch has, on breeze-h100's layout (varlen attention, CUDA graphs)
-    "fused": ("breeze-h100", {}, {
-        "varlen attention + CUDA graphs, no fused ops": GRAPHED,
-        "+ fused RMSNorm": {**GRAPHED, "fused_rms_norm": True},
-        "+ fused LoRA": {**GRAPHED, "fused_lora": True},
-        "+ fused RMSNorm + fused LoRA": {**GRAPHED, "fused_rms_norm": True, "fused_lora": True},
-    }),
-    # breeze-h100 with the shuffled micro-batches as they come, and with their rows swapped until each holds
-    # ~as many tokens (the graphs pad every micro-batch to the longest)
-    "balance": ("breeze-h100", {}, {
-        "breeze-h100, shuffled micro-batches": {"balanced_steps": False},
-        "+ balanced micro-batches": {"balanced_steps": True},
-    }),
-    # breeze-colab-t4's layout (packed rows, answer logits only), norms unfused
-    "t4": ("breeze-colab-t4", {**T4_SHORT, "fused_rms_norm": False}, {
-        "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
-        "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
-        "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
-        "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
-        "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False, "kbit_fp32_upcast": True},
-    }),
-    # breeze-colab-t4 (fp16 norms) without and with the fused RMSNorm
-    "t4fused": ("breeze-colab-t4", T4_SHORT, {
-        "T4 profile, no fused RMSNorm": {"fused_rms_norm": False},
-        "T4 profile + fused RMSNorm": {"fused_rms_norm": True},
-    }),
-}
-
-
-def lever_runs(groups: list[str], shape: dict[str, Any], work: Path) -> list[tuple[str, Any]]:
-    """(label, config) of every variant of `groups`. Within a group no two variants may share a config:
-    a lever compared with itself measures nothing (the groups may share one, e.g. a baseline)."""
-    runs = []
-    for group in groups:
-        config_name, common, variants = LEVER_GROUPS[group]
-        seen: dict[str, str] = {}
-        for label, overrides in variants.items():
-            cfg = load_config(config_name, {**shape, **common, **overrides, "output_dir": str(work / re.sub(r"\W+", "-", label))})
-            key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "output_dir"}, sort_keys=True)
-            if key in seen:
-                raise SystemExit(f"--levers {group}: variant {label!r} has the same config as {seen[key]!r}")
-            seen[key] = label
-            runs.append((label, cfg))
-    return runs
-
-
-def environment(commit: str) -> dict[str, str]:
-    """The device, the commit and the versions a results file records."""
-    import bitsandbytes
-    import peft
-    import transformers
-
-    return {"device": torch.cuda.get_device_name(), "commit": commit, "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "bitsandbytes": bitsandbytes.__version__}
-
-
-def results_file(results_dir: Path, suffix: str) -> Path:
-    """<results_dir>/<this GPU's name, lower-case, dashes><suffix>.json"""
-    return results_dir / (re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-").lower() + suffix + ".json")
-
-
-def release() -> None:
-    import gc
-
-    gc.collect()
-    torch.cuda.empty_cache()
+    out = results_file(results_dir, "-tiny" if results["tiny"] else "", device=first["device"])
+    write_figures(out, results)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--commit", default="unknown")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-speed"))
-    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--baseline-steps", type=int, default=65)
-    parser.add_argument("--trl-steps", type=int, default=65)
-    parser.add_argument("--baseline-prompts", type=int, default=15)
-    parser.add_argument("--t4-steps", type=int, default=65)
-    parser.add_argument("--levers", default="",
-                        help=f"only tangpoem's recipes, each lever on and off: any of {','.join([*LEVER_GROUPS, 'generate'])}")
-    parser.add_argument("--stages", default="", help="only these stages of the main run (comma-separated keys), e.g. train_trl,train_tangpoem")
-    parser.add_argument("--build-only", action="store_true", help="only write the Breeze-shaped checkpoint (for DDP runs)")
-    parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="with --profile: config keys to change from breeze-h100")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one part's stages, each a process of its own")
+    run.add_argument("--part", choices=sorted(PARTS), required=True)
+    run.add_argument("--data-dir", required=True)
+    run.add_argument("--out", type=Path, required=True, help="part<N>.json goes here")
+    run.add_argument("--commit", default="unknown")
+    run.add_argument("--work", type=Path, help="checkpoint and stages' files (default /tmp/gpu-speed, /tmp/gpu-speed-tiny)")
+    run.add_argument("--budget", type=float, default=500, help="seconds this command may take (stages that no longer fit are skipped)")
+    run.add_argument("--homework-prompts", type=int, default=3, help="generate_homework: prompts timed (scaled to 15)")
+    run.add_argument("--tiny", action="store_true", help="every stage on the CPU with a toy model: the plumbing only")
+    run.add_argument("--stages", default="", help="only these stages of the part (comma-separated), e.g. build,train_trl")
+    merged = sub.add_parser("merge", help="benchmarks/results/<gpu>.json from the parts' files")
+    merged.add_argument("parts", type=Path, nargs="+")
+    merged.add_argument("--results-dir", type=Path, default=BENCH / "results")
     args = parser.parse_args()
-    chosen = [g for g in args.levers.split(",") if g]
-    if unknown := set(chosen) - {*LEVER_GROUPS, "generate"}:
-        parser.error(f"--levers: unknown group(s) {', '.join(sorted(unknown))}")
-    if unknown := {s for s in args.stages.split(",") if s} - set(STAGES):
-        parser.error(f"--stages: unknown stage(s) {', '.join(sorted(unknown))}; stages: {', '.join(STAGES)}")
-    if args.overrides and not args.profile:
-        parser.error("--set goes with --profile")
-    ckpt = args.work / "breeze-shape"
-    # random weights never stop: min_new_tokens forces every poem to 128 new tokens
-    shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
-    runs = lever_runs([g for g in chosen if g in LEVER_GROUPS], shape, args.work)  # refused here, before the checkpoint
-
-    from tangpoem.decoding import merge_lora_dequantized
-    from tangpoem.model import load_adapter, load_base_model, load_tokenizer
-    from tangpoem.train import pick_checkpoint
-
-    results: dict[str, Any] = {
-        **environment(args.commit),
-        "model": "random-initialised Mistral of Breeze-7B's shape, NF4 double quantization",
-        "tokenizer": "stand-in: BPE for the prompt's ASCII, one token per Chinese character",
-        "figures": {}, "errors": {},
-    }
-    suffix = ("-levers-" + args.levers.replace(",", "-") if args.levers else "-" + args.stages.replace(",", "-") if args.stages
-              else "-profile" if args.profile else "")
-    out_file = results_file(args.results_dir, suffix)
-    figures = results["figures"]
-
-    def stage(key: str, fn: Callable[[], Any]) -> Any:
-        if args.stages and key not in args.stages.split(","):
-            return None
-        print(f"--- {key}", flush=True)
-        try:
-            value = fn()
-            print(json.dumps({key: value}, default=str), flush=True)
-            return value
-        except Exception as e:  # record and go on: one broken stage must not lose the others' figures
-            results["errors"][key] = f"{type(e).__name__}: {e}"
-            traceback.print_exc()
-            return None
-        finally:
-            atomic_write_json(out_file, results)
-
-    shutil.rmtree(args.work, ignore_errors=True)
-    tokenizer = stand_in_tokenizer(args.data_dir)
-    figures["parameters"], figures["build_seconds"], _ = timed(lambda: build_checkpoint(ckpt, tokenizer))
-    if args.build_only:
-        print(f"wrote {ckpt}")
-        return
-    fast = load_config("breeze-h100", {**shape, "output_dir": str(args.work / "b")})
-    tokenizer = load_tokenizer(fast)
-    results["config_breeze_h100"] = fast.to_dict()
-
-    if args.profile:
-        from tangpoem.config import parse_set
-
-        profiled = load_config("breeze-h100", {**fast.to_dict(), **parse_set(args.overrides)})
-        figures["profile"] = stage("profile", lambda: profiled_training(profiled))
-        atomic_write_json(out_file, results)
-        return
-
-    if args.levers:  # tangpoem's recipes with each lever on or off; each run loads its own NF4 base
-        figures["levers"] = {}
-        for label, cfg in runs:
-
-            def lever(cfg=cfg) -> dict[str, Any]:
-                figure, result = tangpoem_training(cfg)
-                result.model = None  # release the model before the next run
-                return figure
-
-            figures["levers"][label] = stage(f"lever: {label}", lever)
-            release()
-        if "generate" in chosen:  # timing does not depend on the weights: fresh (zero-delta) adapters
-            from tangpoem.model import add_lora
-
-            merged = merge_lora_dequantized(add_lora(load_base_model(fast), fast), torch.bfloat16)
-            for label, static in (("generate: merged, dynamic cache", False), ("generate: merged, static cache, decode step as a CUDA graph", True)):
-                gen_cfg = load_config(None, {**fast.to_dict(), "static_cache": static})
-                figures["levers"][label] = stage(label, lambda gen_cfg=gen_cfg: tangpoem_generation(merged, tokenizer, gen_cfg, 3))
-        atomic_write_json(out_file, results)
-        return
-
-    base, figures["load_nf4_seconds"], figures["nf4_loaded_gb"] = timed(lambda: load_base_model(fast))
-    # (a) the homework's recipe on the shared NF4 base (it unloads its LoRA layers afterwards; its k-bit
-    # preparation leaves the base's norms, embeddings and lm_head in fp32, as the homework's generation had them)
-    figures["train_homework"] = stage("train_homework", lambda: homework_training(base, fast, tokenizer, args.baseline_steps, args.work / "a"))
-
-    def trl_stage() -> dict[str, Any]:  # (c) on its own base: the homework's fp32 casts are not TRL's layout
-        own_base = load_base_model(fast)
-        try:
-            return trl_training(own_base, fast, tokenizer, args.trl_steps, args.work / "c")
-        finally:
-            del own_base
-            release()
-
-    figures["train_trl"] = stage("train_trl", trl_stage)
-
-    # the breeze-colab-t4 profile, as on a T4: fp16 autocast, no bf16, no compiled kernels
-    t4 = load_config("breeze-colab-t4", {**shape, "output_dir": str(args.work / "t4"), "max_steps": args.t4_steps,
-                                         "compute_dtype": "float16", "save_steps": 1000})
-    results["config_breeze_colab_t4"] = t4.to_dict()
-
-    def t4_profile() -> dict[str, Any]:
-        # its own NF4 base: the homework's prepare_model_for_kbit_training has cast the shared base's norms,
-        # embeddings and lm_head to fp32 in place, which the T4 profile (fp16 norms) must not inherit
-        figure, result = tangpoem_training(t4)
-        result.model = None
-        release()
-        return figure
-
-    figures["t4_profile"] = stage("t4_profile", t4_profile)
-
-    # (b) tangpoem's GPU recipe (breeze-h100): same rows, 16 rows a step, 65 steps, same schedule; own base
-    trained: dict[str, Any] = {}
-
-    def fast_training() -> dict[str, Any]:
-        figure, result = tangpoem_training(fast)
-        trained["model"] = result.model
-        return figure
-
-    figures["train_tangpoem"] = stage("train_tangpoem", fast_training)
-
-    # generation with the adapter (b) trained: the homework's way on the NF4 base, then tangpoem's
-    # (LoRA merged into dequantized bf16 weights, one batch, n-gram bans on the device, static cache)
-    if trained.get("model") is not None:
-        def homework_generate() -> dict[str, Any]:
-            tuned = load_adapter(base, str(pick_checkpoint(fast.output_dir)))
-            try:
-                return homework_generation(tuned, tokenizer, fast, args.baseline_prompts)
-            finally:
-                tuned.unload()
-
-        figures["generate_homework"] = stage("generate_homework", homework_generate)
-
-        def fast_generation() -> dict[str, Any]:
-            merged, merge_seconds, _ = timed(lambda: merge_lora_dequantized(trained.pop("model"), torch.bfloat16))
-            return {"merge_seconds": merge_seconds, **tangpoem_generation(merged, tokenizer, fast, 3)}
-
-        figures["generate_tangpoem"] = stage("generate_tangpoem", fast_generation)
-
-    def ratio(a: str, a_key: str, b: str, b_key: str) -> float | None:
-        if figures.get(a) and figures.get(b):
-            return figures[a][a_key] / figures[b][b_key]
-        return None
-
-    figures["train_speedup_vs_homework"] = ratio("train_homework", "epoch_seconds", "train_tangpoem", "train_seconds")
-    figures["train_speedup_vs_trl"] = ratio("train_trl", "epoch_seconds", "train_tangpoem", "train_seconds")
-    figures["generate_speedup"] = ratio("generate_homework", "seconds_15", "generate_tangpoem", "seconds")
-    figures["t4_profile_speedup"] = ratio("train_homework", "epoch_seconds", "t4_profile", "epoch_seconds")
-    atomic_write_json(out_file, results)
-    print(json.dumps(results, indent=1, default=str))
+    if args.command == "run":
+        if unknown := {s for s in args.stages.split(",") if s} - {s.key for s in PARTS[args.part]}:
+            parser.error(f"--stages: part {args.part} has no stage {', '.join(sorted(unknown))}; "
+                         f"it has {', '.join(s.key for s in PARTS[args.part])}")
+        args.work = args.work or Path("/tmp/gpu-speed-tiny" if args.tiny else "/tmp/gpu-speed")
+        print(f"wrote {run_part(args)}")
+    else:
+        print(f"wrote {merge(args.parts, args.results_dir)}")
 
 
 if __name__ == "__main__":

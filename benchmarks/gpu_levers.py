@@ -1,0 +1,280 @@
+"""Each lever of tangpoem's training on and off in one run, and where a step's time goes (torch.profiler).
+
+    python benchmarks/gpu_levers.py --data-dir DIR --levers train,overhead,fused,balance,t4,t4fused,generate [--commit SHA]
+    python benchmarks/gpu_levers.py --data-dir DIR --profile [--set key=value ...]
+
+Comparisons inside tangpoem (`tangpoem.train.train` called in this process, each variant on its own fresh NF4 base),
+not figures of the users' path: those are benchmarks/gpu_speed.py's. The model is benchmarks/breeze_shape.py's
+checkpoint (written once, reused). Figures go to <results-dir>/<gpu>-levers-<groups>.json or <gpu>-profile.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from breeze_shape import build_checkpoint
+from measure import environment, results_file
+from tangpoem.config import load_config
+from tangpoem.data import load_test_rows
+from tangpoem.io import atomic_write_json
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, seconds, peak GB allocated during the call)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() / 1e9
+
+
+def epoch_figure(steps: int, seconds: float, peak: float) -> dict[str, Any]:
+    """A training time on `steps` steps as a whole-epoch (65-step) figure, saying whether it was scaled."""
+    return {"steps_timed": steps, "seconds_timed": seconds, "peak_gb": peak, "seconds_per_step": seconds / steps,
+            "epoch_seconds": seconds / steps * 65, "epoch_seconds_is": "measured" if steps == 65 else f"scaled from {steps} steps"}
+
+
+class StepClock:
+    """Wall time at which every optimizer step's figures are read (the loop waits for the step's loss then,
+    at the latest while the next step runs), so the first steps (capture, compilation) can be told apart
+    from the steady state."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def __call__(self, step: int, record: dict[str, float]) -> None:
+        self.ends.append(time.perf_counter())
+
+    def figures(self, loop_seconds: float, first_step_seconds: float, steps_per_epoch: int = 65) -> dict[str, Any]:
+        """`first_step_seconds`: from the loop's start (before any capture) to step 1's figures."""
+        later = [b - a for a, b in zip(self.ends, self.ends[1:])]
+        steps = [first_step_seconds, *later]
+        steady = sorted(steps[5:])[len(steps[5:]) // 2] if len(steps) > 5 else float("nan")
+        return {"first_step_s": steps[0], "first_5_steps_s": sum(steps[:5]), "steady_step_s": steady,
+                "steady_epoch_s": steady * steps_per_epoch, "after_last_step_s": loop_seconds - sum(steps),
+                "step_seconds": [round(s, 4) for s in steps]}
+
+
+def tangpoem_training(cfg: Any) -> tuple[dict[str, Any], Any]:
+    """tangpoem's own loop on `cfg`, on its own base (loaded, and with dequantize_base dequantized)."""
+    from tangpoem.train import train
+
+    clock = StepClock()
+    result, seconds, peak = timed(lambda: train(cfg, on_step_end=[clock]))
+    train_seconds = result.seconds - result.timings["checkpoint_seconds"]
+    epoch = {k: v for k, v in epoch_figure(len(result.history), train_seconds, peak).items() if k.startswith("epoch_")}
+    # train_seconds leaves out the checkpoint writes (adapter and optimizer state): the variants compare steps
+    figure = {"loop_seconds": result.seconds, "call_seconds": seconds, "peak_gb": peak, "steps": len(result.history),
+              "first_loss": result.history[0]["loss"], "last_loss": result.history[-1]["loss"], **epoch,
+              **result.timings, "train_seconds": train_seconds,
+              "graph_shape": dataclasses.asdict(result.graph_shape) if result.graph_shape else None,
+              **clock.figures(result.seconds, result.timings["first_step_seconds"])}
+    return figure, result
+
+
+def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attempts: int = 2) -> dict[str, Any]:
+    """The 15 test prompts in one batch, n-gram bans on the device; `attempts` calls (with a static cache
+    each call captures its decode step as a CUDA graph; transformers' compile, which this replaces, cost the
+    first call ~35-40 s)."""
+    from tangpoem.generate import generate
+
+    rows = load_test_rows(cfg.data_dir)
+    out: dict[str, Any] = {"new_tokens_per_poem": cfg.max_new_tokens, "static_cache": cfg.static_cache}
+    for attempt in range(attempts):
+        _, seconds, peak = timed(lambda: generate(model, tokenizer, rows, cfg, progress=False))
+        out[f"call_{attempt + 1}_seconds"], out["peak_gb"] = seconds, peak
+    out["seconds"] = out[f"call_{attempts}_seconds"]
+    return out
+
+
+def profiled_training(cfg: Any, active: int = 3, wait: int = 4) -> dict[str, Any]:
+    """torch.profiler over `active` steps of tangpoem's loop, after `wait` steps and one warm-up step: GPU
+    kernel time and CPU time a step against the wall clock, the costliest kernels and the CPU's costliest
+    (or most frequent) calls. Kernels inside a CUDA graph are listed where CUPTI traces graph replays."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from tangpoem.train import train
+
+    # one step more than profiled: the last step saves a checkpoint, which is no training step's cost.
+    # logging_steps 1: each step is read, and the profiler stepped, as it ends (not once the next step runs,
+    # which would let the window cut through a step in flight)
+    cfg = load_config(None, {**cfg.to_dict(), "max_steps": wait + 1 + active + 1, "save_steps": 1000, "logging_steps": 1})
+    clock = StepClock()
+    profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(wait=wait, warmup=1, active=active))
+    with profiler:
+        train(cfg, on_step_end=[clock, lambda step, record: profiler.step()])
+    averages = profiler.key_averages()
+    per_step = lambda microseconds: microseconds / active / 1000  # noqa: E731  (ms a step)
+    # kernels and copies (operators hold their time too; the ProfilerStep annotation is no kernel)
+    kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep")]
+    calls = [e for e in averages if e.device_type == DeviceType.CPU and not e.key.startswith("ProfilerStep")]
+
+    def row(e: Any) -> dict[str, Any]:
+        return {"name": e.key[:100], "calls_per_step": e.count / active, "gpu_ms_per_step": per_step(e.self_device_time_total),
+                "cpu_ms_per_step": per_step(e.self_cpu_time_total)}
+
+    return {
+        "steps_profiled": active, "config": cfg.to_dict(),
+        "wall_ms_per_step": 1000 * (clock.ends[-2] - clock.ends[-active - 2]) / active,
+        "gpu_kernel_ms_per_step": per_step(sum(e.self_device_time_total for e in kernels)),
+        "cpu_ms_per_step": per_step(sum(e.self_cpu_time_total for e in calls)),
+        "costliest_kernels": [row(e) for e in sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:30]],
+        "costliest_cpu_calls": [row(e) for e in sorted(calls, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]],
+        "most_frequent_cpu_calls": [row(e) for e in sorted(calls, key=lambda e: e.count, reverse=True)[:25]],
+    }
+
+
+# Lever groups: (config file, overrides shared by the group, {label: overrides of one variant}). Each
+# variant trains on its own fresh NF4 base; the groups compare each lever on and off in one run.
+BEFORE = {"kbit_fp32_upcast": False, "answer_logits_only": True, "dequantize_base": False, "compile": False,
+          "varlen_attention": False, "cuda_graphs": False, "fused_rms_norm": False, "fused_lora": False,
+          "balanced_steps": False}  # the earlier groups measured shuffled steps; "balance" compares them
+DEQUANTIZED = {**BEFORE, "dequantize_base": True}
+GRAPHED = {**DEQUANTIZED, "varlen_attention": True, "cuda_graphs": True}
+T4_SHORT = {"compute_dtype": "float16", "max_steps": 16, "save_steps": 1000}  # fp16 as on a T4; 16 steps, scaled
+LEVER_GROUPS: dict[str, tuple[str, dict[str, Any], dict[str, dict[str, Any]]]] = {
+    "train": ("breeze-h100", {}, {
+        "packed, bf16 norms, answer logits (the previous breeze-h100)": BEFORE,
+        "+ dequantized base": DEQUANTIZED,
+        "+ compiled layers": {**BEFORE, "compile": True},
+        "+ dequantized base + compiled layers": {**DEQUANTIZED, "compile": True},
+    }),
+    # CPU-overhead levers on the dequantized base (an eager step waits on the CPU launching kernels)
+    "overhead": ("breeze-h100", {}, {
+        "dequantized base, sdpa attention (the previous breeze-h100)": DEQUANTIZED,
+        "+ varlen attention": {**DEQUANTIZED, "varlen_attention": True},
+        "+ varlen attention + CUDA graphs": GRAPHED,
+        "+ varlen attention + compiled layers": {**DEQUANTIZED, "varlen_attention": True, "compile": True},
+    }),
+    # element-wise work fused into ops PyTorch has, on breeze-h100's layout (varlen attention, CUDA graphs)
+    "fused": ("breeze-h100", {}, {
+        "varlen attention + CUDA graphs, no fused ops": GRAPHED,
+        "+ fused RMSNorm": {**GRAPHED, "fused_rms_norm": True},
+        "+ fused LoRA": {**GRAPHED, "fused_lora": True},
+        "+ fused RMSNorm + fused LoRA": {**GRAPHED, "fused_rms_norm": True, "fused_lora": True},
+    }),
+    # breeze-h100 with the shuffled micro-batches as they come, and with their rows swapped until each holds
+    # ~as many tokens (the graphs pad every micro-batch to the longest)
+    "balance": ("breeze-h100", {}, {
+        "breeze-h100, shuffled micro-batches": {"balanced_steps": False},
+        "+ balanced micro-batches": {"balanced_steps": True},
+    }),
+    # breeze-colab-t4's layout (packed rows, answer logits only), norms unfused
+    "t4": ("breeze-colab-t4", {**T4_SHORT, "fused_rms_norm": False}, {
+        "T4: micro-batch 16, checkpointing, fp32 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
+        "T4: micro-batch 16, checkpointing, fp16 norms": {"micro_batch_size": 16, "gradient_checkpointing": True, "kbit_fp32_upcast": False},
+        "T4: micro-batch 8, checkpointing, fp32 norms": {"micro_batch_size": 8, "gradient_checkpointing": True, "kbit_fp32_upcast": True},
+        "T4: micro-batch 8, no checkpointing, fp16 norms": {"micro_batch_size": 8, "gradient_checkpointing": False, "kbit_fp32_upcast": False},
+        "T4: micro-batch 4, no checkpointing, fp32 norms": {"micro_batch_size": 4, "gradient_checkpointing": False, "kbit_fp32_upcast": True},
+    }),
+    # breeze-colab-t4 (fp16 norms) without and with the fused RMSNorm
+    "t4fused": ("breeze-colab-t4", T4_SHORT, {
+        "T4 profile, no fused RMSNorm": {"fused_rms_norm": False},
+        "T4 profile + fused RMSNorm": {"fused_rms_norm": True},
+    }),
+}
+
+
+def lever_runs(groups: list[str], shape: dict[str, Any], work: Path) -> list[tuple[str, Any]]:
+    """(label, config) of every variant of `groups`. Within a group no two variants may share a config:
+    a lever compared with itself measures nothing (the groups may share one, e.g. a baseline)."""
+    runs = []
+    for group in groups:
+        config_name, common, variants = LEVER_GROUPS[group]
+        seen: dict[str, str] = {}
+        for label, overrides in variants.items():
+            cfg = load_config(config_name, {**shape, **common, **overrides, "output_dir": str(work / re.sub(r"\W+", "-", label))})
+            key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "output_dir"}, sort_keys=True)
+            if key in seen:
+                raise SystemExit(f"--levers {group}: variant {label!r} has the same config as {seen[key]!r}")
+            seen[key] = label
+            runs.append((label, cfg))
+    return runs
+
+
+
+
+def release() -> None:
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--commit", default="unknown")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-speed"))
+    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--levers", default="", help=f"each lever on and off: any of {','.join([*LEVER_GROUPS, 'generate'])}")
+    parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --profile: config keys to change from breeze-h100")
+    args = parser.parse_args()
+    chosen = [g for g in args.levers.split(",") if g]
+    if unknown := set(chosen) - {*LEVER_GROUPS, "generate"}:
+        parser.error(f"--levers: unknown group(s) {', '.join(sorted(unknown))}")
+    if not chosen and not args.profile:
+        parser.error("say --levers GROUPS or --profile")
+    if args.overrides and not args.profile:
+        parser.error("--set goes with --profile")
+    ckpt = args.work / "breeze-shape"
+    # random weights never stop: min_new_tokens forces every poem to 128 new tokens
+    shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
+    runs = lever_runs([g for g in chosen if g in LEVER_GROUPS], shape, args.work)  # refused here, before the checkpoint
+    build = build_checkpoint(ckpt, args.data_dir)
+    fast = load_config("breeze-h100", {**shape, "output_dir": str(args.work / "b")})
+    results: dict[str, Any] = {**environment(args.commit), "build": build, "config_breeze_h100": fast.to_dict(),
+                               "figures": {}, "errors": {}}
+    out_file = results_file(args.results_dir, "-profile" if args.profile else "-levers-" + "-".join(chosen))
+
+    def stage(key: str, fn: Callable[[], Any]) -> Any:
+        print(f"--- {key}", flush=True)
+        try:
+            return fn()
+        except Exception as e:  # record and go on: one broken variant must not lose the others' figures
+            results["errors"][key] = f"{type(e).__name__}: {e}"
+            return None
+        finally:
+            atomic_write_json(out_file, json.loads(json.dumps(results, default=str)))
+
+    if args.profile:
+        from tangpoem.config import parse_set
+
+        profiled = load_config("breeze-h100", {**fast.to_dict(), **parse_set(args.overrides)})
+        results["figures"]["profile"] = stage("profile", lambda: profiled_training(profiled))
+        atomic_write_json(out_file, json.loads(json.dumps(results, default=str)))
+        return
+    for label, cfg in runs:
+        def lever(cfg=cfg) -> dict[str, Any]:
+            figure, result = tangpoem_training(cfg)
+            result.model = None  # release the model before the next run
+            return figure
+
+        results["figures"][label] = stage(f"lever: {label}", lever)
+        release()
+    if "generate" in chosen:  # timing does not depend on the weights: fresh (zero-delta) adapters
+        from tangpoem.fast.dense import merge_lora_dequantized
+        from tangpoem.model import add_lora, load_base_model, load_tokenizer
+
+        tokenizer = load_tokenizer(fast)
+        merged = merge_lora_dequantized(add_lora(load_base_model(fast), fast), torch.bfloat16)
+        for label, static in (("generate: merged, dynamic cache", False), ("generate: merged, static cache, decode step as a CUDA graph", True)):
+            gen_cfg = load_config(None, {**fast.to_dict(), "static_cache": static})
+            results["figures"][label] = stage(label, lambda gen_cfg=gen_cfg: tangpoem_generation(merged, tokenizer, gen_cfg, 3))
+    atomic_write_json(out_file, json.loads(json.dumps(results, default=str)))
+
+
+if __name__ == "__main__":
+    main()

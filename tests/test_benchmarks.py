@@ -1,0 +1,158 @@
+"""The GPU benchmark's plumbing, on the CPU: its stages' bookkeeping (budget, failures), the merged results file's
+ratios and targets, the carried wheels' slimming, and a tiny run in which the absent peers are recorded, not fatal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu_carry  # noqa: E402
+import gpu_speed  # noqa: E402
+from gpu_speed import Run, Stage  # noqa: E402
+
+
+def _run(tmp_path: Path) -> Run:
+    return Run(data_dir=str(tmp_path), work=tmp_path / "work", out=tmp_path / "out", tiny=False, homework_prompts=3)
+
+
+def _results() -> dict:
+    return {"figures": {"build": {}}, "errors": {}, "skipped": {}}
+
+
+def test_a_stage_the_budget_cannot_fit_is_skipped_with_the_reason(tmp_path):
+    stage = Stage("slow", 100, lambda run: [sys.executable, "-c", "pass"], lambda run, s: {})
+    results = _results()
+    gpu_speed.run_stage(stage, _run(tmp_path), results, deadline=time.perf_counter() + 30)
+    assert "slow" not in results["figures"]
+    assert "takes at least 100 s" in results["skipped"]["slow"]
+
+
+def test_a_stage_that_outlasts_the_budget_is_stopped_and_recorded(tmp_path):
+    stage = Stage("sleeper", 0, lambda run: [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                  lambda run, s: {})
+    results = _results()
+    started = time.perf_counter()
+    gpu_speed.run_stage(stage, _run(tmp_path), results, deadline=started + 3)
+    assert time.perf_counter() - started < 30
+    assert results["errors"]["sleeper"].startswith("stopped at the end of the command's budget")
+
+
+def test_a_failing_stage_is_recorded_with_its_error_line_and_the_next_stage_still_runs(tmp_path):
+    run = _run(tmp_path)
+    failing = Stage("broken", 0, lambda r: [sys.executable, "-c", "import not_a_module_anywhere"], lambda r, s: {})
+    working = Stage("fine", 0, lambda r: [sys.executable, "-c", "print('ok')"], lambda r, s: {"seconds": s})
+    results = _results()
+    for stage in (failing, working):
+        gpu_speed.run_stage(stage, run, results, deadline=time.perf_counter() + 60)
+    assert results["errors"]["broken"] == "exit status 1: ModuleNotFoundError: No module named 'not_a_module_anywhere'"
+    assert results["figures"]["fine"]["seconds"] > 0
+    assert results["figures"]["fine"]["command"][0] == sys.executable
+
+
+def test_a_stage_whose_input_did_not_run_is_skipped(tmp_path):
+    stage = Stage("generate", 0, lambda r: [sys.executable, "-c", "pass"], lambda r, s: {}, needs="train_cli")
+    results = _results()
+    gpu_speed.run_stage(stage, _run(tmp_path), results, deadline=time.perf_counter() + 60)
+    assert results["skipped"]["generate"] == "needs train_cli, which did not run"
+
+
+def _part(name: str, uuid: str, figures: dict, errors: dict | None = None) -> dict:
+    return {"part": name, "tiny": False, "environment": {"device": "NVIDIA H200", "gpu_uuid": uuid, "commit": "abc1234"},
+            "figures": figures, "errors": errors or {}, "skipped": {}}
+
+
+def test_merge_writes_one_results_file_with_ratios_and_targets(tmp_path):
+    part1 = _part("1", "GPU-1", {
+        "train_cli": {"loop_seconds": 5.0, "process_seconds": 20.0},
+        "generate": {"calls": [{"generate_seconds": 1.5}, {"generate_seconds": 1.0}]},
+        "train_homework": {"seconds": 130.0, "process_seconds": 150.0},
+        "train_trl": {"seconds": 150.0, "process_seconds": 170.0}})
+    part2 = _part("2", "GPU-1", {
+        "t4_profile": {"loop_seconds": 40.0, "peak_gb": 6.0},
+        "train_unsloth_fp16": {"seconds": 129.0, "peak_gb": 5.36},
+        "train_unsloth_bf16": {"seconds": 110.0},
+        "generate_homework": {"seconds_15": 150.0}}, errors={"train_trl": "an earlier failure"})
+    files = []
+    for i, part in enumerate((part1, part2), start=1):
+        files.append(tmp_path / f"part{i}.json")
+        files[-1].write_text(json.dumps(part))
+    out = gpu_speed.merge(files, tmp_path / "results")
+    assert out == tmp_path / "results" / "nvidia-h200.json"
+    merged = json.loads(out.read_text())
+    assert merged["one_machine"] is True and merged["commit"] == "abc1234"
+    assert merged["errors"] == {}  # a stage with figures in one part is not an error of the run
+    r = merged["ratios"]
+    assert r["train_vs_homework"] == pytest.approx(26.0)
+    assert r["train_vs_trl"] == pytest.approx(30.0)
+    assert r["train_vs_unsloth_bf16"] == pytest.approx(22.0)
+    assert r["train_process_vs_homework"] == pytest.approx(7.5)
+    assert r["train_process_vs_unsloth_fp16"] is None  # not measured: no figure, no ratio
+    assert r["t4_vs_homework"] == pytest.approx(3.25)
+    assert r["generate_vs_homework_first_call"] == pytest.approx(100.0)
+    targets = merged["targets"]
+    assert targets["training loop, 65 steps (s)"]["met"] is True
+    assert targets["generating 15 poems, first call (s)"]["met"] is False
+    assert targets["T4 profile vs the homework as written (x)"]["met"] is False
+    assert targets["T4 profile's peak over Unsloth fp16's"]["value"] == pytest.approx(6.0 / 5.36)
+
+
+def test_merge_says_when_the_parts_ran_on_two_machines(tmp_path):
+    files = []
+    for i, uuid in enumerate(("GPU-1", "GPU-2"), start=1):
+        files.append(tmp_path / f"part{i}.json")
+        files[-1].write_text(json.dumps(_part(str(i), uuid, {})))
+    assert json.loads(gpu_speed.merge(files, tmp_path).read_text())["one_machine"] is False
+
+
+def test_slimming_a_wheel_drops_the_files_and_their_record_lines(tmp_path):
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    record = "pkg/__init__.py,sha256=a,1\npkg/libx_cuda118.so,sha256=b,2\npkg/libx_cuda130.so,sha256=c,3\npkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in ("pkg/__init__.py", "pkg/libx_cuda118.so", "pkg/libx_cuda130.so"):
+            z.writestr(name, name)
+        z.writestr("pkg-1.0.dist-info/RECORD", record)
+    gpu_carry.slim(tmp_path, "pkg", lambda name: name.endswith("cuda118.so"))
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == ["pkg-1.0.dist-info/RECORD", "pkg/__init__.py", "pkg/libx_cuda130.so"]
+        assert "cuda118" not in z.read("pkg-1.0.dist-info/RECORD").decode()
+    assert gpu_carry.studio("studio/frontend/dist/app.js") and not gpu_carry.studio("unsloth/__init__.py")
+
+
+@pytest.mark.slow
+def test_a_tiny_run_records_the_peers_it_cannot_run(tmp_path, course_dir):
+    """On this CPU machine: the checkpoint is built and each absent peer becomes an "errors" entry with its reason."""
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(BENCH / "gpu_speed.py"), "run", "--part", "all", "--tiny", "--stages",
+                    "build,train_unsloth_fp16", "--data-dir", str(course_dir), "--out", str(out), "--work", str(tmp_path / "w")],
+                   check=True, cwd=BENCH.parent)
+    part = json.loads((out / "partall.json").read_text())
+    assert part["figures"]["build"]["shape"] == "tiny (CPU smoke)"
+    assert "unsloth" in part["errors"]["train_unsloth_fp16"].lower()
+    assert set(part["figures"]) | set(part["errors"]) == {"build", "train_unsloth_fp16"}
+
+
+def test_the_roofline_model_meets_its_calibration_and_reports_held_out_errors(course_dir):
+    import roofline
+
+    result = roofline.report(str(course_dir))
+    model = result["model"]
+    assert result["token_counts"] == {"rows": 1040, "tokens": 111800, "answer_tokens": 31348}
+    # fitted exactly where one parameter meets one figure: the T4's homework, the H200's graphed step
+    assert model["t4_epoch_minutes"]["homework"] == pytest.approx(18.25, rel=1e-3)
+    assert model["fit_errors"]["breeze-h100 on H200"] == pytest.approx(0, abs=1e-3)
+    assert set(model["held_out_errors"]) == {"trl on H200", "unsloth on H200", "unsloth-bf16 on H200"}
+    for figures in result["sensitivity"].values():  # every other assumption refitted to the same T4 figure
+        assert figures["t4_epoch_minutes"]["homework"] == pytest.approx(18.25, rel=1e-2)
+    homework, t4_layout = model["recipes"]["homework"], model["recipes"]["breeze-colab-t4"]
+    assert homework["tokens_per_step"] == 16 * 256 and t4_layout["tokens_per_step"] == pytest.approx(111800 / 65)
+    assert t4_layout["Tesla T4"]["step_s"] < homework["Tesla T4"]["step_s"]
+    assert "note" in model["recipes"]["breeze-h100"]["Tesla T4"]
