@@ -1,4 +1,4 @@
-"""The `tangpoem` command: data, train, generate, checkpoints, grade, notebooks, demo.
+"""The `tangpoem` command: data, train, generate, checkpoints, grade, notebooks, demo, app.
 
 Every step takes `--config FILE` and repeated `--set key=value`; bad input is one line on stderr
 and exit status 2, never a traceback.
@@ -89,6 +89,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_from_args(args))
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from tangpoem.app import Poet, build_app, launch, refuse_busy_port
+    from tangpoem.config import describe
+
+    if args.config is None:
+        args.config = "nano-cpu"
+    cfg = config_from_args(args)
+    print(describe(cfg))
+    refuse_busy_port(args.host, args.port)
+    launch(build_app(Poet.load(cfg)), args.host, args.port, args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tangpoem", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands that live beside their own code (grading, notebooks, demo)."""
+    """Sub-commands that live beside their own code (grading, notebooks, demo, app)."""
     from tangpoem.grade.cli import add_grade_arguments, run_grade
     from tangpoem.notebooks import add_notebooks_arguments, run_notebooks
 
@@ -143,7 +156,15 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         _config_args(p)
         p.set_defaults(func=cmd_demo)
 
-    return [grade, notebooks, demo]
+    def app(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("app", help="try a model in the browser: base and fine-tuned side by side (Gradio)")
+        _config_args(p)
+        p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+        p.add_argument("--port", type=int, default=7860, help="port to serve on")
+        p.add_argument("--share", action="store_true", help="also a public gradio.live link (72 hours)")
+        p.set_defaults(func=cmd_app)
+
+    return [grade, notebooks, demo, app]
 
 
 def main(argv: list[str] | None = None) -> int:
