@@ -184,7 +184,7 @@ h3 { margin: 0 0 4px 0; font-size: 1.05rem; }
 .tag { font-size: 0.8rem; padding: 2px 8px; border-radius: 6px; background: var(--background-fill-secondary);
        border: 1px solid var(--border-color-primary); }
 .note { color: var(--body-text-color-subdued); font-style: italic; }
-.verse { display: flex; align-items: center; gap: 3px; margin: 3px 0; }
+.verse { display: flex; flex-wrap: wrap; align-items: center; gap: 3px; margin: 3px 0; }  /* a long verse wraps */
 .no { width: 1.6em; text-align: right; margin-right: 6px; font-size: 0.8rem; color: var(--body-text-color); }
 .verse.given .no { color: #9ca3af; }
 .verse.given .ch { opacity: 0.72; }
