@@ -197,9 +197,13 @@ def model_card(ckpt: Checkpoint, where: str, merged: bool, dtype: str, grades: P
 # ----------------------------------------------------------------------------- writing
 
 def write_adapter(ckpt: Checkpoint, folder: Path) -> None:
-    """The adapter's two files, as they are (no optimizer state, no random state)."""
-    for name in (ADAPTER_CONFIG, ADAPTER_FILE):
-        (folder / name).write_bytes((ckpt.path / name).read_bytes())
+    """The adapter's two files (no optimizer state, no random state). A built-in base is named by its name,
+    not by the folder it was loaded from on the machine that trained it."""
+    (folder / ADAPTER_FILE).write_bytes((ckpt.path / ADAPTER_FILE).read_bytes())
+    config = dict(ckpt.adapter_config)
+    if is_builtin(ckpt.cfg.model_name_or_path):
+        config["base_model_name_or_path"] = ckpt.cfg.model_name_or_path
+    atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_merged(ckpt: Checkpoint, folder: Path, dtype: torch.dtype) -> None:

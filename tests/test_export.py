@@ -3,6 +3,7 @@ writes the adapter's greedy tokens, the Hub upload's folder (offline), and bad i
 
 import contextlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -104,6 +105,9 @@ def test_adapter_export_card_and_the_cards_code_runs(checkpoint, tmp_path):
     out = export(checkpoint, tmp_path / "adapter")
     assert sorted(os.listdir(out)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert (out / "adapter_model.safetensors").read_bytes() == (checkpoint / "adapter_model.safetensors").read_bytes()
+    base = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    trained_on = torch.load(checkpoint / "training_state.pt", weights_only=False)["config"]["model_name_or_path"]
+    assert base == trained_on  # the built-in's name, not the folder it was loaded from
     readme = (out / "README.md").read_text(encoding="utf-8")
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft" and card.data.language == ["zh"]
