@@ -234,6 +234,8 @@ def write_poems(poet: Poet, couplet: str, *sliders: Any) -> tuple[str, str, str,
         settings = decoding_settings(poet.cfg, *sliders)
     except InputError as e:
         raise gr.Error(str(e)) from None
+    except (TypeError, ValueError):  # a box left empty
+        raise gr.Error("every decoding setting needs a value; the seed is a whole number") from None
     base, tuned = poet.write(couplet, settings)
     tuned_heading = f"fine-tuned 微調後 ({poet.checkpoint.name})" if poet.checkpoint else "fine-tuned 微調後"
     return (base, marks_html(couplet, base, "base model 原模型 (adapter off)"),

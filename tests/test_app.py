@@ -160,3 +160,20 @@ def test_the_cli_serves_until_stopped_and_a_busy_port_is_one_line(tmp_path, cour
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_screenshot_script_photographs_the_page(tiny_run, course_dir, tmp_path):
+    """scripts/screenshot_app.py: the page drawn by headless Chromium (loopback only). Fails, rather than
+    skips, without chromium."""
+    import shutil
+
+    assert shutil.which("chromium") or shutil.which("chromium-browser"), "install chromium (apt-get install -y chromium)"
+    png = tmp_path / "app.png"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_app.py"), str(png), "--config",
+                           str(REPO / "configs" / "tiny-cpu.yaml"), "--set", f"output_dir={tiny_run}",
+                           "--set", f"data_dir={course_dir}", "--set", "max_new_tokens=16"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 50_000  # a blank page is ~10 kB
