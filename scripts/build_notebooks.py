@@ -397,11 +397,12 @@ Blue: training loss per step; grey: the learning rate (warmup, then linear decay
 
 NB06_KNOBS = ["model_name_or_path", "load_in_4bit", "data_dir", "checkpoint_index", "generation_batch_size", *GEN_KNOBS,
               "results_dir"]
+NB06_APP = "launch_app = False  # True: the last cell serves a web page to try the model (a public link in Colab)"
 NB06 = header("06_generate", "06 · 生成 Generate", """選一個 checkpoint，為 15 首測試詩寫出下文，存成繳交用的 `results.txt`，
 再把作業三個示範上聯的微調前後放在一起比較。
 
 Pick a checkpoint, write the 15 test poems into `results.txt` (the file you hand in), and compare the demo
-couplets before and after fine-tuning.""") + preamble(NB06_KNOBS, for_machine=True) + [
+couplets before and after fine-tuning.""") + preamble(NB06_KNOBS, NB06_APP, for_machine=True) + [
     ("md", """## Checkpoints
 
 05 存下的 checkpoint（只有 LoRA 權重，幾 MB）。`checkpoint_index` 選一個：`-1` 是最後一個。
@@ -433,6 +434,22 @@ print(results_txt.read_text(encoding="utf-8"))"""),
 
 lessons.before_after(model, tokenizer, cfg, DEMO_COUPLETS)"""),
     ("md", "下一步 Next: **07 · 評分**（和標準答案比較）。"),
+    ("md", """## 試玩 Try it in a web page
+
+在網頁上輸入任何上聯，原模型（關掉 adapter）和微調後的模型各寫一首，並標出體裁、每個字的平仄和押韻；可以調整解碼參數、
+換 checkpoint。用的就是上面已經載入的模型（記憶體裡只有一份）。在參數格設 `launch_app = True` 再執行這一格；
+在 Colab 會得到一個公開的 gradio.live 連結。
+
+Any couplet in, the base model's poem (adapter off) and the fine-tuned one side by side, with form, 平仄 and
+rhyme marked; sliders for decoding, a checkpoint picker. It uses the model loaded above (one copy in memory).
+Set `launch_app = True` in the parameters cell and run this cell; in Colab you get a public link. From a
+terminal: `tangpoem app --config CONFIG`."""),
+    ("code", """from tangpoem.app import Poet, build_app, launch
+
+if launch_app:  # needs gradio: %pip install "gradio>=6"; stop the app with app.close()
+    app, url, public_url = launch(build_app(Poet(cfg, model, tokenizer, adapter)), share=lessons.in_colab(), block=False)
+else:
+    print("launch_app is False: set it to True in the parameters cell to try the model in a web page")"""),
 ]
 
 # ----------------------------------------------------------------------------- 07

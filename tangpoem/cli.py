@@ -1,4 +1,4 @@
-"""The `tangpoem` command: data, train, generate, checkpoints, grade, notebooks, demo.
+"""The `tangpoem` command: data, train, generate, checkpoints, grade, notebooks, demo, app, export.
 
 Every step takes `--config FILE` and repeated `--set key=value`; bad input is one line on stderr
 and exit status 2, never a traceback.
@@ -89,6 +89,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_from_args(args))
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from tangpoem.app import Poet, build_app, launch, refuse_busy_port
+    from tangpoem.config import describe
+
+    if args.config is None:
+        args.config = "nano-cpu"
+    cfg = config_from_args(args)
+    print(describe(cfg))
+    refuse_busy_port(args.host, args.port)
+    launch(build_app(Poet.load(cfg)), args.host, args.port, args.share)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tangpoem.export import export_command
+
+    return export_command(args.adapter, args.out, merged=args.merged, dtype=args.dtype, grades=args.grades,
+                          overrides=parse_set(args.overrides), force=args.force, repo=args.push_to_hub,
+                          private=args.private, dry_run=args.dry_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tangpoem", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands that live beside their own code (grading, notebooks, demo)."""
+    """Sub-commands that live beside their own code (grading, notebooks, demo, app, export)."""
     from tangpoem.grade.cli import add_grade_arguments, run_grade
     from tangpoem.notebooks import add_notebooks_arguments, run_notebooks
 
@@ -145,7 +166,32 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         _config_args(p)
         p.set_defaults(func=cmd_demo)
 
-    return [grade, notebooks, demo]
+    def app(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("app", help="try a model in the browser: base and fine-tuned side by side (Gradio)")
+        _config_args(p)
+        p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+        p.add_argument("--port", type=int, default=7860, help="port to serve on")
+        p.add_argument("--share", action="store_true", help="also a public gradio.live link (72 hours)")
+        p.set_defaults(func=cmd_app)
+
+    def export(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("export", help="a checkpoint's LoRA adapter, or the merged model, with a model card")
+        p.add_argument("out", metavar="OUT", help="the folder to write (new, or empty; --force replaces it)")
+        p.add_argument("--adapter", required=True, metavar="DIR", help="a checkpoint folder (output_dir/checkpoint-N)")
+        p.add_argument("--merged", action="store_true",
+                       help="the adapter merged into the (dequantized) base model: a plain transformers model")
+        p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                       help="--merged: the weights' dtype (default bfloat16, Breeze's own)")
+        p.add_argument("--grades", metavar="FILE", help="a grades.json of this checkpoint's results, for the card")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the checkpoint's training config, e.g. model_name_or_path=/path/to/base")
+        p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+        p.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hugging Face Hub repository")
+        p.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
+        p.add_argument("--dry-run", action="store_true", help="--push-to-hub: list what would be uploaded, upload nothing")
+        p.set_defaults(func=cmd_export)
+
+    return [grade, notebooks, demo, app, export]
 
 
 def main(argv: list[str] | None = None) -> int:

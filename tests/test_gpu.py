@@ -226,3 +226,74 @@ def test_dense_generation_is_the_users_fast_path_and_writes_the_same_poems(small
     assert again.txt.read_text(encoding="utf-8") == plain.txt.read_text(encoding="utf-8")
     print(f"generation: plain NF4 {plain.generate_seconds:.2f} s, dense + graphed {dense.generate_seconds:.2f} s "
           f"(second call {again.generate_seconds:.2f} s); loading {plain.load_seconds:.2f} s / {dense.load_seconds:.2f} s")
+
+
+@pytest.fixture(scope="module")
+def breeze_shaped(tmp_path_factory) -> Path:
+    """Breeze-7B's shapes (hidden 4096, MLP 14336, 32 heads, 8 KV heads, a 61,952-token vocabulary) with 2 of
+    its 32 layers (~0.94 B parameters), saved in bf16 as Breeze ships."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = tiny.build_tokenizer.__wrapped__(tiny.TINY_VOCAB_SIZES["tiny-mistral"])
+    config = MistralConfig(vocab_size=61952, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
+                           num_attention_heads=32, num_key_value_heads=8, sliding_window=None, tie_word_embeddings=False,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = MistralForCausalLM(config).to(torch.bfloat16)
+    path = tmp_path_factory.mktemp("breeze-shaped")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return path
+
+
+def _greedy(model, batch, new_tokens, pad_token_id):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_token_id)
+    with torch.no_grad():
+        return model.generate(**batch, generation_config=config, output_scores=True, return_dict_in_generate=True)
+
+
+def test_export_merged_breeze_shaped_loads_alone_and_writes_the_adapters_greedy_tokens(breeze_shaped, tmp_path, course_dir):
+    """`tangpoem export --merged` on a Breeze-shaped model trained in NF4: the folder loads with transformers
+    alone; in float32 its greedy tokens are those of the adapter on the NF4 base dequantized once (a near tie,
+    at most, tells them apart); the bf16 export (what one ships) is half the size. Time and size are printed."""
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    from tangpoem.export import export
+    from tangpoem.generate import left_pad, load_for_generation
+    from tangpoem.tokens import encode_prompt
+
+    cfg = gpu_config(breeze_shaped, tmp_path, course_dir, max_steps=2, save_steps=2, compute_dtype="bfloat16",
+                     gradient_checkpointing=False, lora_dropout=0.0, learning_rate=1e-3)
+    checkpoint = train(cfg).checkpoints[-1]
+    seconds, sizes = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        started = time.perf_counter()
+        out = export(checkpoint, tmp_path / dtype, merged=True, dtype=dtype)
+        seconds[dtype] = time.perf_counter() - started
+        sizes[dtype] = sum(f.stat().st_size for f in out.iterdir())
+    assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.55
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "float32", dtype=torch.float32, device_map={"": 0})
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
+    reference, tokenizer, _ = load_for_generation(load_config(None, {**cfg.to_dict(), "compute_dtype": "float32",
+                                                                     "dense_generation": True}), checkpoint)
+    prompts = [encode_prompt(tokenizer, r.instruction, r.input) for r in load_test_rows(course_dir)]
+    batch = {k: v.cuda() for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
+    expected, actual = (_greedy(m, batch, 24, tokenizer.pad_token_id) for m in (reference, merged))
+    for row in range(len(prompts)):
+        a, b = expected.sequences[row], actual.sequences[row]
+        if not torch.equal(a, b):
+            step = int((a != b).nonzero()[0]) - batch["input_ids"].shape[1]
+            top2 = expected.scores[step][row].float().topk(2).values
+            assert top2[0] - top2[1] < 1e-3, f"row {row} step {step}: tokens differ without a near tie"
+    same = sum(torch.equal(a, b) for a, b in zip(expected.sequences, actual.sequences))
+    print(f"export --merged of a Breeze-shaped model ({merged.num_parameters() / 1e9:.2f} B parameters, 2 of 32 layers): "
+          f"float32 {sizes['float32'] / 2**30:.2f} GiB in {seconds['float32']:.1f} s, bfloat16 "
+          f"{sizes['bfloat16'] / 2**30:.2f} GiB in {seconds['bfloat16']:.1f} s; greedy rows identical to the adapter's: "
+          f"{same}/{len(prompts)}")

@@ -75,3 +75,59 @@ def test_continuation_pingze_uses_the_whole_poems_pattern():
     _, checked, fit, unknown, _ = pingze_fit(verses)
     couplet_fit, couplet_known = 8, 8  # the couplet fits the pattern chosen for the whole poem
     assert continuation_pingze(verses[:2], verses[2:]) == (fit - couplet_fit, checked - unknown - couplet_known)
+
+
+
+# ----------------------------------------------------------------------------- marks, character by character
+
+
+def test_marks_of_a_regular_jueju():
+    from tangpoem.grade.prosody import poem_marks
+
+    marks = poem_marks([*COUPLET, *REST])
+    assert marks.pattern == "七言 仄起首句入韻" and marks.rhyme_groups == ("上平聲四支",)
+    first = marks.verses[0].chars
+    assert [m.char for m in first] == list("君問歸期未有期")
+    assert [m.wanted for m in first] == [None, "仄", None, "平", None, "仄", "平"]  # 一三五不論
+    assert all(m.fits for m in first if m.wanted)
+    assert [v.rhyme for v in marks.verses] == [None, "sets", None, "ok"]
+
+
+def test_marks_show_a_broken_tone_a_missed_rhyme_a_polyphone_and_an_unknown_character():
+    from tangpoem.grade.prosody import CharMark, poem_marks
+
+    off = poem_marks([*COUPLET, "何當共剪西窗燭", "卻話巴山夜雨晚"])
+    assert off.verses[3].rhyme == "off" and off.verses[3].chars[6] == CharMark("晚", "仄", "平", False)
+    unknown = poem_marks([*COUPLET, "何當共剪西窗燭", "卻話巴山夜雨㐀"])
+    assert unknown.verses[3].rhyme == "unknown" and unknown.verses[3].chars[6] == CharMark("㐀", "", "平", None)
+    assert poem_marks(["看山看水看"]).verses[0].chars[0].tones == "平仄"
+
+
+def test_marks_skip_a_verse_of_another_length_a_verse_length_without_patterns_and_no_verses():
+    from tangpoem.grade.prosody import PoemMarks, poem_marks
+
+    marks = poem_marks([*COUPLET, "何當共剪西窗", "卻話巴山夜雨時"])
+    assert all(m.wanted is None and m.fits is None for m in marks.verses[2].chars)
+    four = poem_marks(["關關雎鳩", "在河之洲"])
+    assert four.pattern is None and all(m.wanted is None for v in four.verses for m in v.chars)
+    assert poem_marks([]) == PoemMarks(None, (), ())
+
+
+def test_marks_add_up_to_the_scores_on_every_course_poem(course_dir):
+    """The marks and prosody_scores never disagree: on the homework's 1040 training poems, the fitting marks
+    are pingze_fit, the unknown checked ones pingze_unknown, the "ok" verses rhyme_ok."""
+    from tangpoem.data import load_train_rows
+    from tangpoem.grade.grading import prosody_verses
+    from tangpoem.grade.normalize import split_verses
+    from tangpoem.grade.prosody import poem_marks
+
+    for row in load_train_rows(course_dir, 1040):
+        couplet, rest = prosody_verses(row.input, split_verses(row.output))
+        scores, marks = prosody_scores(couplet, rest), poem_marks([*couplet, *rest])
+        chars = [m for v in marks.verses for m in v.chars]
+        assert marks.pattern == scores.pattern and marks.rhyme_groups == scores.rhyme_groups, row.input
+        assert sum(m.fits is True for m in chars) == scores.pingze_fit, row.input
+        assert sum(m.wanted is not None for m in chars) == scores.pingze_checked, row.input
+        assert sum(m.wanted is not None and m.fits is None for m in chars) == scores.pingze_unknown, row.input
+        assert sum(v.rhyme == "ok" for v in marks.verses) == scores.rhyme_ok, row.input
+        assert sum(v.rhyme == "unknown" for v in marks.verses) == scores.rhyme_unknown, row.input

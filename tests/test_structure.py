@@ -1,6 +1,7 @@
 """The house's plan, checked: the homework recipe in front, the speed machinery behind it.
 
-- Only the set-up (train.py), generation (generate.py) and the fast wing itself import tangpoem.fast.
+- Only the set-up (train.py), generation (generate.py), export (export.py) and the fast wing itself import
+  tangpoem.fast.
 - The training loop is short and never asks which lever is on.
 - The wheel's package list holds every package folder of the checkout.
 """
@@ -28,11 +29,12 @@ def _imported_modules(path: Path) -> set[str]:
     return found
 
 
-def test_only_set_up_and_generation_import_the_fast_wing():
+def test_only_set_up_generation_and_export_import_the_fast_wing():
     importers = {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
                  if "fast" not in p.relative_to(PACKAGE).parts
                  and any(m == "tangpoem.fast" or m.startswith("tangpoem.fast.") for m in _imported_modules(p))}
-    assert importers == {"tangpoem/train.py", "tangpoem/generate.py"}, importers
+    assert importers == {"tangpoem/train.py", "tangpoem/generate.py",
+                         "tangpoem/export.py"}, importers  # export: the merged model is fast.dense's dequantize-and-merge
 
 
 def test_the_fast_wing_lists_the_private_apis_it_leans_on():

@@ -156,12 +156,16 @@ def _best_pattern(verses: list[str]) -> tuple[str | None, tuple[int, int, int, i
     return best
 
 
+def _pattern_name(key: str, length: int) -> str:
+    return f"{'五' if length == 5 else '七'}言 {PATTERN_NAMES[key]}"
+
+
 def pingze_fit(verses: list[str]) -> tuple[str | None, int, int, int, int]:
     """(pattern name, checked, fit, unknown, skipped verses) for the best-fitting standard pattern."""
     key, (checked, fit, unknown, skipped) = _best_pattern(verses)
     if key is None:
         return None, checked, fit, unknown, skipped
-    return f"{'五' if len(verses[0]) == 5 else '七'}言 {PATTERN_NAMES[key]}", checked, fit, unknown, skipped
+    return _pattern_name(key, len(verses[0])), checked, fit, unknown, skipped
 
 
 def continuation_pingze(couplet_verses: list[str], predicted_verses: list[str]) -> tuple[int, int]:
@@ -181,16 +185,22 @@ def continuation_pingze(couplet_verses: list[str], predicted_verses: list[str]) 
     return fit, checked - unknown
 
 
-def rhyme_fit(verses: list[str]) -> tuple[tuple[str, ...], int, int, int]:
-    """(poem's rhyme groups, checked, rhyming, unknown) for even verses after verse 2."""
-    if len(verses) < 2 or not verses[1]:
-        return (), 0, 0, 0
+def _poem_rhyme_groups(verses: list[str]) -> frozenset[str]:
+    """The rhyme groups of a poem of 2 or more verses (the rule in the module's docstring)."""
     _, groups, all_groups = readings(verses[1][-1])
     # A 仄韻 poem (verse 2 has no 平 reading) rhymes in its 仄 group.
     groups = groups or all_groups
     if not groups:
         counts = Counter(g for verse in verses[1::2] for g in readings(verse[-1])[2])
         groups = frozenset([counts.most_common(1)[0][0]]) if counts else frozenset()
+    return groups
+
+
+def rhyme_fit(verses: list[str]) -> tuple[tuple[str, ...], int, int, int]:
+    """(poem's rhyme groups, checked, rhyming, unknown) for even verses after verse 2."""
+    if len(verses) < 2 or not verses[1]:
+        return (), 0, 0, 0
+    groups = _poem_rhyme_groups(verses)
     checked = ok = unknown = 0
     for verse in verses[3::2]:
         checked += 1
@@ -216,3 +226,60 @@ def prosody_scores(couplet_verses: list[str], predicted_verses: list[str]) -> Pr
         rhyme_score = rhyme_ok / rhyme_known if rhyme_known else None
     return ProsodyScores(name, checked, fit, unknown, skipped, pingze_score, groups, rhyme_checked, rhyme_ok,
                          rhyme_unknown, rhyme_score)
+
+
+# ----------------------------------------------------------------------------- marks, character by character
+
+@dataclass(frozen=True)
+class CharMark:
+    """One character as the checks above see it."""
+    char: str
+    tones: str          # its tones in the table: "平", "仄", "平仄" (a 多音字 with both) or "" (not in the table)
+    wanted: str | None  # the best pattern's tone at a checked position; None at a free position (一三五不論)
+                        # and in a verse of another length (skipped)
+    fits: bool | None   # `tones` include `wanted`; None where nothing is checked or the table lacks the character
+
+
+@dataclass(frozen=True)
+class VerseMarks:
+    chars: tuple[CharMark, ...]
+    rhyme: str | None   # verse 2: "sets" (its last character gives the poem's rhyme); verses 4, 6, ...: "ok",
+                        # "off" or "unknown" (the table lacks the character); odd verses: None
+
+
+@dataclass(frozen=True)
+class PoemMarks:
+    pattern: str | None            # as ProsodyScores.pattern
+    rhyme_groups: tuple[str, ...]  # as ProsodyScores.rhyme_groups
+    verses: tuple[VerseMarks, ...]
+
+
+def poem_marks(verses: list[str]) -> PoemMarks:
+    """Each character's 平仄 and each even verse's rhyme, for a whole poem (non-empty verses without
+    punctuation), under the pattern and rhyme that `prosody_scores` picks for the same verses: the marks
+    with `fits` True add up to its `pingze_fit`, the verses marked "ok" to its `rhyme_ok`."""
+    key, _ = _best_pattern(verses)
+    length = len(verses[0]) if verses else 0
+    patterns = _PATTERNS[length][key] if key is not None else []
+    groups = _poem_rhyme_groups(verses) if len(verses) >= 2 and verses[1] else frozenset()
+    marked = []
+    for index, verse in enumerate(verses):
+        pattern = _pattern_for_verse(patterns, index) if patterns and len(verse) == length else ""
+        chars = []
+        for position, char in enumerate(verse):
+            tones = readings(char)[0]
+            wanted = pattern[position] if pattern and position in CHECKED_POSITIONS[length] else None
+            chars.append(CharMark(char, "".join(t for t in "平仄" if t in tones), wanted,
+                                  wanted in tones if wanted and tones else None))
+        marked.append(VerseMarks(tuple(chars), _rhyme_mark(index, verse, groups)))
+    name = _pattern_name(key, length) if key is not None else None
+    return PoemMarks(name, tuple(sorted(groups)), tuple(marked))
+
+
+def _rhyme_mark(index: int, verse: str, groups: frozenset[str]) -> str | None:
+    if index % 2 == 0:
+        return None
+    if index == 1:
+        return "sets"
+    tones, _, char_groups = readings(verse[-1])
+    return "unknown" if not tones else "ok" if char_groups & groups else "off"
