@@ -82,12 +82,15 @@ CANDIDATES = [
 # ----------------------------------------------------------------------------- tokenizer and model
 
 def build_tokenizer(texts: Iterable[str]) -> Any:
-    """One token per character of `texts`, plus printable ASCII and newline (the course prompt's
-    English and markup), with Llama's conventions otherwise: ▁ for spaces, BOS added, no pad token."""
+    """One token per character of `texts` and of the prompts (the course's and the title request's),
+    plus printable ASCII and newline, with Llama's conventions otherwise: ▁ for spaces, BOS added,
+    no pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    chars = set(string.printable) | {"▁"}
+    from tangpoem.prompt import INSTRUCTION, SYSTEM_PROMPT
+
+    chars = set(string.printable) | {"▁"} | set(SYSTEM_PROMPT + INSTRUCTION + nano_corpus.TITLE_INSTRUCTION)
     for text in texts:
         chars.update(text)
     chars -= set(string.whitespace) - {"\n"}  # spaces become ▁; tabs and CRs are not in poems or the prompt
@@ -210,13 +213,13 @@ def train_candidate(c: Candidate, tokenizer: Any, docs: nano_corpus.Documents, h
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=c.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     ids, labels, positions = epoch_blocks(docs, seed, c)
-    steps_per_epoch = len(ids) // c.batch
+    steps_per_epoch = math.ceil(len(ids) / c.batch)  # the last batch of an epoch may be short
     max_steps = int(c.max_epochs * steps_per_epoch)
     history: list[dict[str, Any]] = []
     started, step, epoch, cursor, progress, next_log = time.perf_counter(), 0, 0, 0, 0.0, 0.0
     model.train()
     while progress < 1.0:
-        if cursor + c.batch > len(ids):
+        if cursor >= len(ids):
             epoch, cursor = epoch + 1, 0
             ids, labels, positions = epoch_blocks(docs, seed * 1000 + epoch, c)
         batch = {name: t[cursor : cursor + c.batch].to(device, non_blocking=True)
@@ -326,7 +329,7 @@ def main() -> None:
     if not chosen:
         raise nano_corpus.InputError(f"--candidates {args.candidates}: none of {[c.name for c in CANDIDATES]}")
     course_rows = nano_corpus.read_course_rows(args.course_rows)
-    cleaning, parts = nano_corpus.prepare(args.corpus, course_rows)
+    cleaning, parts = nano_corpus.prepare(args.corpus, course_rows, first_nano=False)
     pretraining = parts.pretraining[:: 50 if args.smoke else 1]
     extra = [p.read_text(encoding="utf-8") for p in args.extra_text] + [json.dumps(course_rows, ensure_ascii=False)]
     tokenizer = build_tokenizer([p.text + p.title for p in cleaning.poems] + extra)
