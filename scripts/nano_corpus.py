@@ -124,12 +124,13 @@ MIN_VERSES = 4
 
 def broken_verses(verses: list[str]) -> bool:
     """Prose, or verses whose marks are missing: a verse of 16+ characters, a median over 9, or, where
-    most verses share a length of 4-7, one at least twice that long (a dropped comma)."""
+    most verses have 5 or 7 characters, one at least twice that long (a dropped comma; four-character
+    poems are left alone: their longer lines are often meant)."""
     lengths = sorted(len(v) for v in verses)
     if lengths[-1] >= 16 or lengths[len(lengths) // 2] > 9:
         return True
     common, n = Counter(lengths).most_common(1)[0]
-    return 4 <= common <= 7 and n >= 0.75 * len(lengths) and lengths[-1] >= 2 * common
+    return common in (5, 7) and n >= 0.75 * len(lengths) and lengths[-1] >= 2 * common
 
 
 def drop_reason(poem: Poem) -> str | None:
@@ -156,7 +157,7 @@ RULES = {
     "lost_characters": "□ (a lost character), ○ ●, private-use glyphs or ⿰-style character descriptions",
     "stray_marks": "Latin letters, digits, slashes or unmatched brackets left in the text",
     "fewer_than_4_verses": "a lone line, a single couplet or 3 verses: sayings, prophecies, fragments",
-    "prose_or_missing_marks": "a verse of 16+ characters, a median verse over 9 (prose), or a verse twice the usual length (a comma missing)",
+    "prose_or_missing_marks": "a verse of 16+ characters, a median verse over 9 (prose), or in a 5- or 7-character poem a verse twice that long (a comma missing)",
     "duplicate_exact": "the same text (punctuation and a few variant characters aside) as an earlier poem",
     "duplicate_near": "half or more of its 4-character sequences in one earlier poem (listed twice, under two poets or two titles)",
 }
@@ -404,17 +405,20 @@ def prepare(corpus: str | Path, course_rows: list[dict], first_nano: bool = True
 # Nano learns the [INST] format on a *different* task (a poem from its title), as Breeze-Instruct knows
 # its chat format before the homework; continuing a first couplet is left for LoRA fine-tuning to teach.
 TITLE_INSTRUCTION = "請以下面的題目寫一首唐詩。"
+# One candidate also sees a task next to the homework's, in other words: go on from a poem's first
+# couplet. It makes the homework's step smaller (and the before/after contrast with it); docs/nano.md.
+CONTINUE_INSTRUCTION = "請接著寫完這首詩。"
 
-
-SHAPES = ("plain", "titled", "request")
+SHAPES = ("plain", "titled", "request", "continuation")
 
 
 @dataclass
 class Documents:
     """Each pre-training poem tokenized once, in the shapes its document can take: "plain" (BOS poem
-    EOS), "titled" (BOS title newline poem EOS) and "request" (a title-to-poem request in the course
-    prompt, the prompt not learned). All documents lie end to end in two flat arrays, so that an epoch
-    is one gather: `start[shape][i]` and `length[shape][i]` (0 where poem i has no title) locate them."""
+    EOS), "titled" (BOS title newline poem EOS), "request" (a title-to-poem request in the course
+    prompt) and "continuation" (CONTINUE_INSTRUCTION with the first couplet, answered by the rest);
+    prompts are not learned. All documents lie end to end in two flat arrays, so that an epoch is one
+    gather: `start[shape][i]` and `length[shape][i]` (0 where poem i has no such shape) locate them."""
     ids: Any  # (total,) int64
     labels: Any  # (total,) int64, IGNORE_INDEX where nothing is learned (BOS, the request's prompt)
     start: dict[str, Any]  # shape -> (poems,) int64
@@ -437,6 +441,9 @@ class Documents:
         texts = batch_ids([p.text for p in poems])
         titles = batch_ids([f"{p.title}\n" for p in poems])
         prompts = batch_ids([build_prompt(tokenizer, TITLE_INSTRUCTION, p.title) for p in poems])
+        continued = [len(p.paragraphs) >= 2 and len(p.verses) >= 4 for p in poems]
+        firsts = batch_ids([build_prompt(tokenizer, CONTINUE_INSTRUCTION, p.paragraphs[0]) for p in poems])
+        rests = batch_ids(["".join(p.paragraphs[1:]) for p in poems])
         ids: list[int] = []
         labels: list[int] = []
         start = {shape: np.zeros(len(poems), dtype=np.int64) for shape in SHAPES}
@@ -446,6 +453,9 @@ class Documents:
             if poem.title:
                 shapes["titled"] = ([bos] + title + text + [eos], None)
                 shapes["request"] = ([bos] + prompt + text + [eos], [IGNORE_INDEX] * (1 + len(prompt)) + text + [eos])
+            if continued[i]:
+                first, rest = [bos] + firsts[i], rests[i] + [eos]
+                shapes["continuation"] = (first + rest, [IGNORE_INDEX] * len(first) + rest)
             for shape, (doc, doc_labels) in shapes.items():
                 start[shape][i], length[shape][i] = len(ids), len(doc)
                 ids += doc
@@ -458,10 +468,10 @@ class Documents:
             assert documents.ids[at : at + n].tolist() == row.input_ids and documents.labels[at : at + n].tolist() == row.labels
         return documents
 
-    def epoch(self, seed: int, request_share: float) -> tuple[Any, Any, Any]:
+    def epoch(self, seed: int, request_share: float, continuation_share: float = 0.0) -> tuple[Any, Any, Any]:
         """Every poem once, shuffled, as (input_ids, labels, position_ids) end to end: a request with
-        probability `request_share` (titled poems), else plain text, half of it under its title.
-        Positions restart at each document."""
+        probability `request_share` (titled poems), a continuation with `continuation_share`, else
+        plain text, half of it under its title. Positions restart at each document."""
         import numpy as np
 
         rng = np.random.default_rng(seed)
@@ -469,6 +479,7 @@ class Documents:
         draw, half = rng.random(poems), rng.random(poems)
         shape = np.where(half < 0.5, 1, 0)  # titled / plain
         shape = np.where(self.length["titled"] == 0, 0, shape)
+        shape = np.where((draw >= request_share) & (draw < request_share + continuation_share) & (self.length["continuation"] > 0), 3, shape)
         shape = np.where((draw < request_share) & (self.length["request"] > 0), 2, shape)
         order = rng.permutation(poems)
         starts = np.stack([self.start[s] for s in SHAPES])[shape, np.arange(poems)][order]

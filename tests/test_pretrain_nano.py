@@ -56,6 +56,14 @@ def test_an_epoch_holds_every_poem_once(tokenizer, documents, share: float) -> N
     assert all(poem.text in learned for poem in POEMS)
 
 
+def test_continuation_requests_learn_only_the_rest_of_the_poem(tokenizer, documents) -> None:
+    ids, labels, positions = documents.epoch(seed=5, request_share=0.0, continuation_share=1.0)
+    assert tokenizer.decode(ids).count(nano_corpus.CONTINUE_INSTRUCTION) == len(POEMS)
+    learned = tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
+    for poem in POEMS:
+        assert poem.paragraphs[1] in learned and poem.paragraphs[0] not in learned
+
+
 def test_packed_documents_do_not_see_each_other(tokenizer) -> None:
     model = pretrain_nano.build_model(tokenizer, TINY)
     pretrain_nano.check_document_masking(model, torch.device("cpu"))  # raises if they do
