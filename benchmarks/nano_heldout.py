@@ -34,7 +34,7 @@ import nano_corpus  # noqa: E402  (puts the repository root on sys.path too)
 from tangpoem.config import load_config, parse_set  # noqa: E402
 from tangpoem.data import Row, load_test_rows, load_train_rows  # noqa: E402
 from tangpoem.forms import count_accuracy, form_mix, majority_count_by_length, poem_form  # noqa: E402
-from tangpoem.generate import generate, load_for_generation  # noqa: E402
+from tangpoem.generate import generate, left_pad, load_for_generation  # noqa: E402
 from tangpoem.grade import grade_predictions  # noqa: E402
 from tangpoem.grade.grading import prosody_verses  # noqa: E402
 from tangpoem.grade.normalize import split_verses  # noqa: E402
@@ -42,6 +42,7 @@ from tangpoem.grade.prosody import continuation_pingze  # noqa: E402
 from tangpoem.io import atomic_write_json  # noqa: E402
 from tangpoem.nano import NANO_DIR  # noqa: E402
 from tangpoem.prompt import INSTRUCTION  # noqa: E402
+from tangpoem.tokens import encode_prompt  # noqa: E402
 from tangpoem.train import list_checkpoints, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "nano-heldout.json"
@@ -86,6 +87,27 @@ def distinct_bigrams(predicted: list[str], true: list[str]) -> dict:
     n = min(len(p), len(t))
     share = (lambda b: len(set(b[:n])) / n) if n else (lambda b: 0.0)
     return {"model": share(p), "true": share(t), "compared_bigrams": n, "model_bigrams": len(p), "true_bigrams": len(t)}
+
+
+@torch.no_grad()
+def first_character(model: torch.nn.Module, tokenizer, rows: list[Row], cfg) -> dict:
+    """The model's distribution over the continuation's first character, after the prompt. Near-greedy
+    decoding writes its likeliest character: if one character is the likeliest after most couplets,
+    most continuations begin with it, however flat the distribution is."""
+    model.eval()
+    device = next(model.parameters()).device
+    likeliest: Counter[str] = Counter()
+    top, entropy = [], []
+    prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in rows]
+    for start in range(0, len(prompts), cfg.generation_batch_size):
+        batch = {k: v.to(device) for k, v in left_pad(prompts[start : start + cfg.generation_batch_size], tokenizer.pad_token_id).items()}
+        p = model(**batch).logits[:, -1].float().softmax(-1)  # (B, V)
+        values, ids = p.max(-1)
+        likeliest.update(tokenizer.convert_ids_to_tokens(ids.tolist()))
+        top += values.tolist()
+        entropy += (-(p * p.clamp_min(1e-12).log()).sum(-1)).tolist()
+    return {"likeliest": dict(likeliest.most_common(5)), "mean_top_probability": sum(top) / len(top),
+            "mean_entropy_nats": sum(entropy) / len(entropy)}
 
 
 def score(rows: list[Row], gt: list[str], predictions: list[str]) -> dict:
@@ -207,6 +229,7 @@ def main() -> None:
         predictions = generate(model, tokenizer, rows, cfg)
         timings[f"generate_{stage}_s"] = round(time.perf_counter() - started, 1)
         figures[stage] = score(rows, gt, predictions)
+        figures[stage]["first_character"] = first_character(model, tokenizer, rows, cfg)
         figures[stage]["examples"] = [r.input + " → " + p for r, p in zip(rows[:8], predictions)]
         test_openings[stage] = diversity(generate(model, tokenizer, test_rows, cfg, progress=False))
 

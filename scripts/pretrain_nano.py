@@ -325,7 +325,6 @@ def main() -> None:
 
     started = time.perf_counter()
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
     chosen = [c for c in CANDIDATES if not args.candidates or c.name in args.candidates]
     if not chosen:
         raise nano_corpus.InputError(f"--candidates {args.candidates}: none of {[c.name for c in CANDIDATES]}")

@@ -58,3 +58,19 @@ def test_targets_pass_and_fail() -> None:
                 pingze_conformity=0.87, rhyme=0.59, char_f1=0.119),
         baselines)
     assert not any(goal["met"] for goal in missed.values()), missed
+
+
+def test_first_character_reads_the_distribution_after_the_prompt(tiny_config) -> None:
+    import math
+
+    from tangpoem.data import Row
+    from tangpoem.generate import load_for_generation
+    from tangpoem.prompt import INSTRUCTION
+
+    cfg = tiny_config(generation_batch_size=2)
+    model, tokenizer, _ = load_for_generation(cfg, adapter=None)
+    rows = [Row(INSTRUCTION, c) for c in ("白日依山盡，黃河入海流。", "春眠不覺曉，處處聞啼鳥。", "床前明月光，疑是地上霜。")]
+    figures = nano_heldout.first_character(model, tokenizer, rows, cfg)
+    assert sum(figures["likeliest"].values()) == len(rows)  # one likeliest token per prompt, batches of 2
+    assert 0 < figures["mean_top_probability"] <= 1
+    assert 0 <= figures["mean_entropy_nats"] <= math.log(len(tokenizer)) + 1e-6
