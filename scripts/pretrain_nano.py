@@ -29,6 +29,7 @@ import string
 import sys
 import tarfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -150,12 +151,12 @@ def check_document_masking(model: torch.nn.Module, device: torch.device) -> None
 
 # ----------------------------------------------------------------------------- data
 
-def epoch_blocks(docs: nano_corpus.Documents, seed: int, c: Candidate) -> tuple[torch.Tensor, ...]:
+def epoch_blocks(docs: nano_corpus.Documents, seed: int, c: Candidate, device: torch.device) -> tuple[torch.Tensor, ...]:
     """One epoch of documents cut into rows of `block` tokens: (input_ids, labels, position_ids), each
-    (N, block). A document cut at a row's end goes on in the next row (its positions carry on)."""
+    (N, block), on `device`. A document cut at a row's end goes on in the next row (its positions carry on)."""
     arrays = docs.epoch(seed, c.request_share, c.continuation_share)
     n = len(arrays[0]) // c.block
-    return tuple(torch.from_numpy(a[: n * c.block]).view(n, c.block) for a in arrays)
+    return tuple(torch.from_numpy(a[: n * c.block]).view(n, c.block).to(device) for a in arrays)
 
 
 def heldout_batches(tokenizer: Any, poems: list[nano_corpus.Poem], size: int = 64) -> list[dict[str, torch.Tensor]]:
@@ -213,7 +214,8 @@ def train_candidate(c: Candidate, tokenizer: Any, docs: nano_corpus.Documents, h
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=c.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    ids, labels, positions = epoch_blocks(docs, seed, c)
+    ids, labels, positions = epoch_blocks(docs, seed, c, device)
+    tokens_per_epoch = ids.numel()
     steps_per_epoch = math.ceil(len(ids) / c.batch)  # the last batch of an epoch may be short
     max_steps = int(c.max_epochs * steps_per_epoch)
     history: list[dict[str, Any]] = []
@@ -222,9 +224,9 @@ def train_candidate(c: Candidate, tokenizer: Any, docs: nano_corpus.Documents, h
     while progress < 1.0:
         if cursor >= len(ids):
             epoch, cursor = epoch + 1, 0
-            ids, labels, positions = epoch_blocks(docs, seed * 1000 + epoch, c)
-        batch = {name: t[cursor : cursor + c.batch].to(device, non_blocking=True)
-                 for name, t in (("input_ids", ids), ("labels", labels), ("position_ids", positions))}
+            ids, labels, positions = epoch_blocks(docs, seed * 1000 + epoch, c, device)
+        batch = {"input_ids": ids[cursor : cursor + c.batch], "labels": labels[cursor : cursor + c.batch],
+                 "position_ids": positions[cursor : cursor + c.batch]}
         cursor += c.batch
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(c, progress, step)
@@ -243,11 +245,12 @@ def train_candidate(c: Candidate, tokenizer: Any, docs: nano_corpus.Documents, h
                           "heldout_loss": round(heldout_loss(model, heldout, device), 4), "seconds": round(elapsed, 1)}
                 history.append(record)
                 print(f"{c.name} {json.dumps(record)}", flush=True)
-                next_log += 0.1
+                while next_log <= progress:
+                    next_log += 0.1
     seconds_used = time.perf_counter() - started
     final = heldout_loss(model, heldout, device)
     log = {"candidate": asdict(c), "parameters": sum(p.numel() for p in model.parameters()), "steps": step,
-           "epochs": round(step / steps_per_epoch, 2), "tokens_per_epoch": steps_per_epoch * c.batch * c.block,
+           "epochs": round(step / steps_per_epoch, 2), "tokens_per_epoch": tokens_per_epoch,
            "stopped_by": "time" if step < max_steps else "max_epochs", "seconds": round(seconds_used, 1),
            "heldout_loss": round(final, 4), "heldout_perplexity": round(math.exp(final), 2), "history": history}
     return model, log
@@ -272,10 +275,11 @@ def plain_continuations(model: torch.nn.Module, tokenizer: Any, poems: list[nano
                              no_repeat_ngram_size=3, max_new_tokens=24, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         for row in out[:, longest:]:
             text = tokenizer.decode(row, skip_special_tokens=True)
-            openings.append("".join(ch for ch in text if ch not in "，。！？；、：\n")[:4])
+            openings.append("".join(ch for ch in text if ch not in "，。！？；、：\n ")[:4])
     model.train()
-    counts = sorted(((openings.count(o), o) for o in set(openings)), reverse=True)[:5]
-    return {"poems": len(openings), "commonest_openings": {o: n for n, o in counts}, "top_share": round(counts[0][0] / len(openings), 3)}
+    counts = Counter(o for o in openings if o).most_common(5)  # as benchmarks/nano_heldout.py counts them
+    return {"poems": len(openings), "commonest_openings": dict(counts), "empty": openings.count(""),
+            "top_share": round(counts[0][1] / len(openings), 3) if counts else 0.0}
 
 
 # ----------------------------------------------------------------------------- saving and shipping
@@ -317,7 +321,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="one model directory per candidate is written here")
     parser.add_argument("--transfer", type=Path, help="also write NAME.tar.NN parts and summary.json here")
     parser.add_argument("--candidates", nargs="*", help="names from CANDIDATES (default: all)")
-    parser.add_argument("--max-seconds", type=float, default=450, help="wall clock for the whole run, data preparation included")
+    parser.add_argument("--max-seconds", type=float, default=420, help="wall clock for the whole run, data preparation included")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke run")
     parser.add_argument("--smoke", action="store_true", help="tiny models and 2%% of the poems: checks the script, not the model")
@@ -343,12 +347,12 @@ def main() -> None:
 
     if args.smoke:
         chosen = [replace(c, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, batch=8, block=128, warmup=2, max_epochs=0.2) for c in chosen]
-    reserve = 15.0 * len(chosen)  # held-out loss, plain continuations, saving, tarring
-    budget = max(10.0, args.max_seconds - (time.perf_counter() - started) - reserve)
-    shares = sum(c.time_share for c in chosen)
+    reserve = 15.0  # per candidate: held-out loss, plain continuations, saving, tarring
     summary = {**environment(device), "seed": args.seed, "data": data, "candidates": {}}
-    for c in chosen:
-        seconds = budget * c.time_share / shares
+    for number, c in enumerate(chosen):
+        # Each candidate's share of what is left, so that one running over leaves less for the rest.
+        left = args.max_seconds - (time.perf_counter() - started) - reserve * (len(chosen) - number)
+        seconds = max(10.0, left * c.time_share / sum(other.time_share for other in chosen[number:]))
         print(f"{c.name}: up to {seconds:.0f} s; {c.why}", flush=True)
         model, log = train_candidate(c, tokenizer, docs, heldout, seconds, device, args.seed)
         log["plain_continuations"] = plain_continuations(model, tokenizer, parts.heldout, device)
@@ -356,16 +360,15 @@ def main() -> None:
         directory = args.out / c.name
         save(model, tokenizer, log, directory)
         entry = {k: log[k] for k in ("parameters", "steps", "epochs", "stopped_by", "seconds", "heldout_loss", "heldout_perplexity", "plain_continuations")}
-        if args.transfer:
+        summary["candidates"][c.name] = entry
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        if args.transfer:  # written after each candidate: a run cut short still returns what it made
             args.transfer.mkdir(parents=True, exist_ok=True)
             entry["parts"] = tar_in_parts(directory, args.transfer)
-        summary["candidates"][c.name] = entry
+            (args.transfer / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"{c.name}: {json.dumps(entry, ensure_ascii=False)}", flush=True)
         del model
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    if args.transfer:
-        (args.transfer / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"done in {summary['seconds']} s; model directories in {args.out}", flush=True)
+    print(f"done in {time.perf_counter() - started:.0f} s; model directories in {args.out}", flush=True)
 
 
 if __name__ == "__main__":
