@@ -348,24 +348,46 @@ class Split:
     unseen_by_first_nano: list[Poem] = field(default_factory=list)  # the held-out poems the first nano never saw
 
 
+def near_copies(targets: list[Poem], others: list[Poem]) -> dict[int, set[int]]:
+    """For each target (by position), the others (by position) holding half or more of the shorter
+    poem's 4-character sequences: the `duplicate_near` rule of `clean`, between two lists."""
+    target_grams = [shingles(p) for p in targets]
+    by_gram: dict[str, list[int]] = defaultdict(list)
+    for t, grams in enumerate(target_grams):
+        for g in grams:
+            by_gram[g].append(t)
+    found: dict[int, set[int]] = defaultdict(set)
+    for o, other in enumerate(others):
+        grams = shingles(other)
+        shared = Counter(t for g in grams for t in by_gram.get(g, ()))
+        for t, n in shared.items():
+            if n / max(1, min(len(grams), len(target_grams[t]))) >= NEAR_DUPLICATE:
+                found[t].add(o)
+    return found
+
+
 def split(poems: list[Poem], course_rows: list[dict]) -> Split:
     """Our held-out poems: regular poems, 1 in HELDOUT_EVERY by a hash of the text, none sharing a couplet
-    with a course row (checked against the course file: its rows are spread over the corpus's first
-    ~16,000 poems, not its first 5001; couplets are matched by either verse, 2 differing characters
-    allowed). Pre-training gets the rest, less any poem sharing a couplet with a held-out one (the
-    near-duplicates were removed by `clean` already)."""
+    with a course row or a near copy of one (checked against the course file: its rows are spread over
+    the corpus's first ~16,000 poems, not its first 5001; couplets are matched by either verse, 2
+    differing characters allowed; near copies as `duplicate_near`). Pre-training gets the rest, less any
+    poem sharing a couplet with a held-out one or a near copy of one (`clean` removed most already)."""
     course = CoupletIndex()
     for i, verses in enumerate(course_row_verses(course_rows)):
         course.add(verses, i)
     sampled = [p for p in poems if regular_verses(p) and _is_sampled(p)]
-    in_course = [p for p in sampled if course.owners(p.verses)]
-    heldout = [p for p in sampled if not course.owners(p.verses)]
+    course_poems = [Poem(-1 - i, "", "", (str(r.get("input", "")), str(r.get("output", "")))) for i, r in enumerate(course_rows)]
+    near_course = near_copies(sampled, course_poems)
+    in_course = [p for i, p in enumerate(sampled) if course.owners(p.verses) or i in near_course]
+    heldout = [p for i, p in enumerate(sampled) if not (course.owners(p.verses) or i in near_course)]
 
     held = CoupletIndex()
     for p in heldout:
         held.add(p.verses, p.index)
     heldout_ids = {p.index for p in heldout}
-    sharing = [p for p in poems if p.index not in heldout_ids and held.owners(p.verses)]
+    rest = [p for p in poems if p.index not in heldout_ids]
+    near_rest = {o for copies in near_copies(heldout, rest).values() for o in copies}
+    sharing = [p for o, p in enumerate(rest) if held.owners(p.verses) or o in near_rest]
     excluded = heldout_ids | {p.index for p in sharing}
     pretraining = [p for p in poems if p.index not in excluded]
 
@@ -378,6 +400,8 @@ def split(poems: list[Poem], course_rows: list[dict]) -> Split:
         "kept_out_of_pretraining_sharing_a_couplet_with_a_heldout_poem": [_example(p) for p in sharing],
         "check_heldout_couplets_in_pretraining": sum(bool(held.owners(p.verses)) for p in pretraining),
         "check_heldout_couplets_in_course_rows": sum(bool(course.owners(p.verses)) for p in heldout),
+        "check_heldout_near_copies_in_pretraining": len(near_copies(heldout, pretraining)),
+        "check_heldout_near_copies_in_course_rows": len(near_copies(heldout, course_poems)),
     })
 
 

@@ -94,6 +94,13 @@ def test_split_keeps_couplets_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parts.report["heldout_forms"] == {"5x4": 2}
 
 
+def test_near_copies_between_two_lists() -> None:
+    original = Poem(0, "", "", ("白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"))
+    variant = Poem(1, "", "", ("白日依山沒，黃河入海流。", "欲窮千里目，更上一重樓。"))  # 5 of its 8 four-grams shared
+    other = Poem(2, "", "", ("千山鳥飛絕，萬徑人蹤滅。", "孤舟蓑笠翁，獨釣寒江雪。"))
+    assert nano_corpus.near_copies([original], [other, variant]) == {0: {1}}
+
+
 @pytest.mark.skipif(not CORPUS.is_file(), reason=f"the 全唐詩 corpus is not at {CORPUS}")
 def test_the_real_corpus_cleaned_and_split() -> None:
     course_rows = json.loads((COURSE_DIR / "Tang_training_data.json").read_text(encoding="utf-8"))
@@ -108,6 +115,8 @@ def test_the_real_corpus_cleaned_and_split() -> None:
     assert all(nano_corpus.regular_verses(p) for p in parts.heldout)
     assert parts.report["check_heldout_couplets_in_pretraining"] == 0
     assert parts.report["check_heldout_couplets_in_course_rows"] == 0
+    assert parts.report["check_heldout_near_copies_in_pretraining"] == 0
+    assert parts.report["check_heldout_near_copies_in_course_rows"] == 0
     heldout = {p.index for p in parts.heldout}
     assert heldout.isdisjoint(p.index for p in parts.pretraining)
     assert {p.index for p in parts.unseen_by_first_nano} <= heldout
