@@ -84,8 +84,11 @@ def distinct_bigrams(predicted: list[str], true: list[str]) -> dict:
     bigrams (the first n of each, n the smaller count): the share falls as a text grows, so a model
     that writes less would otherwise look more varied."""
     p, t = bigrams(predicted), bigrams(true)
-    n = min(len(p), len(t))
-    share = (lambda b: len(set(b[:n])) / n) if n else (lambda b: 0.0)
+    n = min(len(p), len(t)) or len(t)  # a model that wrote no bigram scores 0 against the whole truth
+
+    def share(b: list[str]) -> float:
+        return len(set(b[:n])) / len(b[:n]) if b else 0.0
+
     return {"model": share(p), "true": share(t), "compared_bigrams": n, "model_bigrams": len(p), "true_bigrams": len(t)}
 
 

@@ -31,6 +31,8 @@ def test_distinct_bigrams_compare_equal_numbers_of_bigrams() -> None:
     assert figures["compared_bigrams"] == 4
     assert figures["model"] == pytest.approx(2 / 4) and figures["true"] == pytest.approx(1.0)
     assert (figures["model_bigrams"], figures["true_bigrams"]) == (4, 8)
+    silent = nano_heldout.distinct_bigrams(["。", "春"], true)  # no bigram written: 0, against the whole truth
+    assert (silent["model"], silent["true"], silent["compared_bigrams"]) == (0.0, 1.0, 8)
 
 
 @pytest.mark.parametrize(("text", "note"), [
