@@ -1,6 +1,6 @@
 """Pre-train several tangpoem-nano candidates in one run on one CUDA GPU, each within a wall-clock budget.
 
-    PYTHONUNBUFFERED=1 python scripts/pretrain_nano.py --corpus .gpu_data/tang_poems.jsonl.gz \\
+    PYTHONUNBUFFERED=1 python3 scripts/pretrain_nano.py --corpus .gpu_data/tang_poems.jsonl.gz \\
         --course-rows .gpu_data/Tang_training_data.json --extra-text .gpu_data/Tang_testing_data.json \\
         --out /tmp/nano2 --transfer $OUT --max-seconds 450
 
