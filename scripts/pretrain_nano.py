@@ -2,7 +2,7 @@
 
     PYTHONUNBUFFERED=1 python3 scripts/pretrain_nano.py --corpus .gpu_data/tang_poems.jsonl.gz \\
         --course-rows .gpu_data/Tang_training_data.json --extra-text .gpu_data/Tang_testing_data.json \\
-        --out /tmp/nano2 --transfer $OUT --max-seconds 450
+        --out /tmp/nano2 --transfer $OUT --max-seconds 420
 
 The corpus is cleaned and split by scripts/nano_corpus.py (the evaluation uses the same code, so the
 same held-out poems); held-out poems never enter pre-training and give the held-out loss. Each
