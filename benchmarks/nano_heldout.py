@@ -33,7 +33,7 @@ import nano_corpus  # noqa: E402  (puts the repository root on sys.path too)
 
 from tangpoem.config import load_config, parse_set  # noqa: E402
 from tangpoem.data import Row, load_test_rows, load_train_rows  # noqa: E402
-from tangpoem.forms import count_accuracy, form_mix, majority_count_by_length, poem_form  # noqa: E402
+from forms import count_accuracy, form_mix, majority_count_by_length, poem_form  # noqa: E402  (scripts/forms.py)
 from tangpoem.generate import generate, left_pad, load_for_generation  # noqa: E402
 from tangpoem.grade import grade_predictions  # noqa: E402
 from tangpoem.grade.grading import prosody_verses  # noqa: E402
@@ -43,7 +43,8 @@ from tangpoem.io import atomic_write_json  # noqa: E402
 from tangpoem.nano import NANO_DIR  # noqa: E402
 from tangpoem.prompt import INSTRUCTION  # noqa: E402
 from tangpoem.tokens import encode_prompt  # noqa: E402
-from tangpoem.train import list_checkpoints, train  # noqa: E402
+from tangpoem.checkpoints import list_checkpoints  # noqa: E402
+from tangpoem.train import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "nano-heldout.json"
 # What an editor's note leaves in a text: brackets of any kind, book titles, "一作" (a variant reading).

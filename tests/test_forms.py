@@ -1,4 +1,8 @@
-from tangpoem.forms import count_accuracy, form_mix, majority_count_by_length, poem_form
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from forms import count_accuracy, form_mix, majority_count_by_length, poem_form  # noqa: E402  (scripts/forms.py: only the nano study uses it)
 
 
 def test_poem_form_reads_punctuated_text_and_gt_lines():
