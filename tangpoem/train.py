@@ -166,7 +166,9 @@ def out_of_memory_message(run: Run, step: int, error: BaseException) -> str:
     size = "one row a micro-batch" if run.micro_batch_size == 1 else f"micro-batches of {run.micro_batch_size} rows (DDP: no retry)"
     kept = [p.name for p in list_checkpoints(run.output_dir)]
     fixes = [setting("gradient_checkpointing", True)] if not run.cfg.gradient_checkpointing else []
-    fixes += [setting("cutoff_len", max(32, run.cfg.cutoff_len // 2)), setting("micro_batch_size", max(1, run.micro_batch_size // 2))]
+    fixes.append(setting("cutoff_len", max(32, run.cfg.cutoff_len // 2)))
+    if run.micro_batch_size > 1:
+        fixes.append(setting("micro_batch_size", run.micro_batch_size // 2))
     return (f"out of CUDA memory at step {step + 1} with {size} ({seen}); {', '.join(kept) or 'no checkpoint'} kept; "
             f"try {' or '.join(fixes)}, or a GPU with more memory")
 

@@ -1,5 +1,6 @@
 """Training end to end on the CPU: loss goes down, checkpoints are complete or absent, resume is exact."""
 
+import json
 import os
 import signal
 import subprocess
@@ -122,7 +123,7 @@ KILLER = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["after-step-6", "while-saving-8"])
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, course_dir, when):
-    common = {**SMALL, "data_dir": course_dir}
+    common = {**SMALL, "data_dir": course_dir, "val_size": 16}  # evaluation at each save must not disturb the resume
     _train_cli({**common, "output_dir": tmp_path / "straight"})
 
     interrupted = tmp_path / "interrupted"
@@ -140,9 +141,14 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cours
     assert straight.keys() == after.keys() and len(straight) > 0
     for name in straight:
         assert torch.equal(straight[name], after[name]), name
-    history = [h["loss"] for h in torch.load(list_checkpoints(interrupted)[-1] / "training_state.pt", weights_only=False)["history"]]
-    straight_history = [h["loss"] for h in torch.load(list_checkpoints(tmp_path / "straight")[-1] / "training_state.pt", weights_only=False)["history"]]
-    assert history == straight_history
+    state = torch.load(list_checkpoints(interrupted)[-1] / "training_state.pt", weights_only=False)
+    straight_state = torch.load(list_checkpoints(tmp_path / "straight")[-1] / "training_state.pt", weights_only=False)
+    assert [h["loss"] for h in state["history"]] == [h["loss"] for h in straight_state["history"]]
+    # the evaluations: those of the checkpoint resumed, then the resumed run's; the same figures as straight through
+    timeless = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
+    assert [e["step"] for e in state["eval_history"]] == [4, 8, 10]
+    assert timeless(state["eval_history"]) == timeless(straight_state["eval_history"])
+    assert timeless(json.loads((interrupted / "eval_history.json").read_text(encoding="utf-8"))) == timeless(state["eval_history"])
 
 
 @pytest.mark.slow
