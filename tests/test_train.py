@@ -153,17 +153,21 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cours
 
 @pytest.mark.slow
 def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
-    """Two ranks (gloo on the CPU) share each global batch; the optimizer step is the same math."""
-    common = {**SMALL, "max_steps": 4, "data_dir": course_dir, "lora_dropout": 0.0}
+    """Two ranks (gloo on the CPU) share each global batch; the optimizer step is the same math. Rank 0
+    evaluates each save and hands its figures to rank 1."""
+    common = {**SMALL, "max_steps": 4, "data_dir": course_dir, "lora_dropout": 0.0, "val_size": 8}
     _train_cli({**common, "output_dir": tmp_path / "single"})
     sets = [a for k, v in {**common, "output_dir": tmp_path / "ddp"}.items() for a in ("--set", f"{k}={v}")]
     result = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    "-m", "tangpoem.cli", "train", "--config", "tiny-cpu", *sets])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("step 4/4") == 1  # only rank 0 logs
+    assert [line.split("  ")[0] for line in result.stdout.splitlines() if "step 4/4" in line] == ["step 4/4", "eval"]  # rank 0 logs
     single, ddp = _adapter(tmp_path / "single"), _adapter(tmp_path / "ddp")
     for name in single:
         assert torch.allclose(single[name], ddp[name], atol=1e-5), name
+    evaluations = [json.loads((tmp_path / run / "eval_history.json").read_text(encoding="utf-8")) for run in ("single", "ddp")]
+    assert [[e["step"] for e in history] for history in evaluations] == [[4], [4]]
+    assert abs(evaluations[0][0]["val_loss"] - evaluations[1][0]["val_loss"]) < 1e-4
 
 
 def _assert_same_training(tiny_config, common: dict, variant: dict, digits: int = 4, atol: float = 1e-5):
