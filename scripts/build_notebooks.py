@@ -390,6 +390,11 @@ print(f"{len(result.history)} steps in {result.seconds:.0f} s; checkpoints: {[p.
 
 Blue: training loss per step; grey: the learning rate (warmup, then linear decay)."""),
     ("code", "fig = plots.loss_figure(result.history)\n" + SHOW_FIG.format(name="05_loss")),
+    ("code", """# validation beside training (val_size > 0): loss, and the held-out poems' scores at each save; the checkpoint
+# with the best best_metric is what checkpoint_index = "best" picks in 06. TensorBoard (report_to: tensorboard):
+# run `%load_ext tensorboard`, then `%tensorboard --logdir <output_dir>/tensorboard` (docs/tracking.md)
+fig = plots.validation_figure(result.history, result.eval_history)
+""" + SHOW_FIG.format(name="05_validation")),
     ("md", "下一步 Next: **06 · 生成**（選 checkpoint、寫 results.txt、微調前後比較）。"),
 ]
 

@@ -1,5 +1,6 @@
 """What happens after each training step, outside the loop's arithmetic: reading the step's figures,
-logging them, writing the loss history, saving checkpoints. The loop calls these; each is one small class.
+logging them, writing the loss history, watching for a run that diverged, evaluating on the validation rows,
+early stopping, tracking, saving checkpoints. The loop calls these; each is one small class.
 
 A `StepReader` turns a step's loss and gradient norm (tensors on the device) into a record; the callbacks
 get each record once, in order, right after its step (`tangpoem.fast.reads` has a reader that defers).
@@ -13,9 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from tangpoem.checkpoints import HISTORY_FILE, save_checkpoint
+from tangpoem.checkpoints import HISTORY_FILE, list_checkpoints, save_checkpoint
 from tangpoem.console import interactive
-from tangpoem.io import atomic_write_json
+from tangpoem.errors import RunError, setting
+from tangpoem.evaluate import EVAL_HISTORY_FILE, describe_figures, evaluations_without_improvement
+from tangpoem.io import atomic_write_json, display_path
 from tangpoem.runtime import Distributed, rng_state
 
 if TYPE_CHECKING:
@@ -142,8 +145,83 @@ class History(Callback):
             atomic_write_json(run.output_dir / HISTORY_FILE, run.history)
 
 
+class Guard(Callback):
+    """Counts the steps whose loss is inf/nan and those whose update the fp16 loss scaler skipped (its scale
+    falls when a gradient overflows); after `max_bad_steps` of them in a row the run stops with one line
+    naming the cause and the fix. The last good checkpoint stays: the Saver never saves a non-finite step."""
+
+    def __init__(self, run: Run) -> None:
+        self.scale = run.scaler.get_scale()  # 1.0 when loss scaling is off
+        self.in_a_row = 0
+
+    def on_step_end(self, run: Run, record: Record) -> None:
+        scale = run.scaler.get_scale()
+        skipped, self.scale = scale < self.scale, scale
+        finite = math.isfinite(record["loss"])
+        run.counts["non_finite_losses"] += not finite
+        run.counts["skipped_steps"] += skipped
+        self.in_a_row = self.in_a_row + 1 if skipped or not finite else 0
+        if run.cfg.max_bad_steps and self.in_a_row >= run.cfg.max_bad_steps:
+            if run.ranks.is_main:
+                atomic_write_json(run.output_dir / HISTORY_FILE, run.history)
+            raise RunError(diverged_message(run, int(record["step"]), self.in_a_row, finite))
+
+
+def diverged_message(run: Run, step: int, bad: int, finite: bool) -> str:
+    kept = [p.name for p in list_checkpoints(run.output_dir)]
+    cause = ("the loss scaler skipped the update" if finite else "the loss was inf/nan")
+    fp16 = run.scaler.is_enabled()
+    fixes = [setting("kbit_fp32_upcast", True) + " (fp32 norms)"] if fp16 and not run.cfg.kbit_fp32_upcast else []
+    fixes.append(setting("learning_rate", float(f"{run.cfg.learning_rate / 3:.1g}")))
+    if fp16:
+        fixes.append(setting("compute_dtype", "float32") + " (slower, no overflow)")
+    return (f"training diverged: at step {step} {cause} for {bad} steps in a row ({'fp16 overflow' if fp16 else 'no loss scaling'}); "
+            f"{', '.join(kept) or 'no checkpoint'} kept in {display_path(run.output_dir)}; try {' or '.join(fixes)}, then train again "
+            f"(max_bad_steps={run.cfg.max_bad_steps})")
+
+
+class Evaluate(Callback):
+    """At each save step: the validation figures of the model as it is (tangpoem.evaluate), into
+    run.eval_history and eval_history.json, and a log line; the Saver, called after this, puts them into
+    the step's checkpoint. Under DDP the main rank evaluates and the others receive its figures."""
+
+    def wants(self, run: Run, step: int) -> bool:
+        return _saves(run, step)
+
+    def on_step_end(self, run: Run, record: Record) -> None:
+        step = int(record["step"])
+        if not _saves(run, step) or not math.isfinite(record["loss"]):
+            return
+        evaluated = [run.evaluator(run.model, step, record["epoch"]) if run.ranks.is_main else None]
+        if run.ranks.world_size > 1:
+            torch.distributed.broadcast_object_list(evaluated, src=0)
+        figures, run.eval_samples = evaluated[0]
+        run.eval_history.append(figures)
+        if run.ranks.is_main:
+            atomic_write_json(run.output_dir / EVAL_HISTORY_FILE, run.eval_history)
+            print(f"eval  step {step}/{run.total_steps}  {describe_figures(figures)}  ({figures['seconds']:.1f} s)")
+
+
+class EarlyStopping(Callback):
+    """transformers' EarlyStoppingCallback: stop once `early_stopping_patience` evaluations in a row have not
+    improved `best_metric` by more than `early_stopping_threshold`. Its count is replayed from the eval
+    history, so a resumed run counts on where it left off."""
+
+    def on_step_end(self, run: Run, record: Record) -> None:
+        cfg = run.cfg
+        if not run.eval_history or run.eval_history[-1]["step"] != record["step"]:
+            return
+        waited = evaluations_without_improvement(run.eval_history, cfg.best_metric, cfg.early_stopping_threshold)
+        if waited >= cfg.early_stopping_patience:
+            run.should_stop = (f"early stopping at step {int(record['step'])}: {cfg.best_metric} has not improved by more "
+                               f"than {cfg.early_stopping_threshold:g} in {waited} evaluations")
+            if run.ranks.is_main:
+                print(run.should_stop)
+
+
 class Saver(Callback):
-    """A checkpoint every `save_steps` steps and at the end: the adapter and what a resumed run needs."""
+    """A checkpoint every `save_steps` steps and at the end: the adapter, what a resumed run needs, and the
+    step's validation figures."""
 
     def wants(self, run: Run, step: int) -> bool:
         return _saves(run, step)
@@ -156,7 +234,10 @@ class Saver(Callback):
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)  # the step's optimizer update is no part of the save's time
             saving = time.perf_counter()
-            save_checkpoint(run.model, training_state(run, step), run.output_dir, step, run.cfg.save_total_limit)
+            evaluated = run.eval_history and run.eval_history[-1]["step"] == step
+            evaluation = {**run.eval_history[-1], "samples": run.eval_samples} if evaluated else None
+            save_checkpoint(run.model, training_state(run, step), run.output_dir, step, run.cfg.save_total_limit,
+                            evaluation, run.cfg.best_metric)
             run.timings["checkpoint_seconds"] += time.perf_counter() - saving
         if run.ranks.world_size > 1:
             torch.distributed.barrier()
@@ -166,8 +247,19 @@ def training_state(run: Run, step: int) -> dict[str, Any]:
     """What a resumed run needs besides the adapter weights."""
     return {"step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "history": run.history, "rng": rng_state(), "config": run.cfg.to_dict(),
-            "data_sha256": run.dataset.fingerprint}
+            "data_sha256": run.dataset.fingerprint, "eval_history": run.eval_history}
 
 
 def default_callbacks(run: Run) -> list[Callback]:
-    return [History(), Progress(run), Saver()]
+    """In order: the history, the log, the divergence guard, then (each when configured) evaluation, early
+    stopping and tracking, and last the checkpoint, which holds what the others recorded for its step."""
+    from tangpoem.tracking import tracker
+
+    callbacks: list[Callback] = [History(), Progress(run), Guard(run)]
+    if run.evaluator is not None:
+        callbacks.append(Evaluate())
+        if run.cfg.early_stopping_patience:
+            callbacks.append(EarlyStopping())
+    if (tracking := tracker(run)) is not None:
+        callbacks.append(tracking)
+    return [*callbacks, Saver()]

@@ -2,10 +2,14 @@
 
 A checkpoint is a folder `checkpoint-N` (N optimizer steps done) holding the LoRA adapter (peft's
 adapter_model.safetensors and adapter_config.json), the training state a resumed run needs
-(training_state.pt: optimizer, schedule, loss scaler, history, random state, config) and, written last,
+(training_state.pt: optimizer, schedule, loss scaler, history, random state, config), with validation on
+(`val_size`) eval.json (that step's validation figures and a few of its poems), and, written last,
 manifest.json (each file's size). It is filled in a temp folder and renamed into place, so a run killed at
 any moment leaves complete checkpoints only; one damaged afterwards (a truncated copy, a full disk) is
 skipped with one line, and the newest good one is used instead.
+
+`checkpoint_index` picks one by position (-1: the last) or, with "best", by `best_metric` over the eval.json
+files; pruning (`save_total_limit`) never removes the best.
 
 One run at a time writes an output_dir: a lock file names its process, host and start.
 """
@@ -28,6 +32,7 @@ from typing import Any, Iterator
 import torch
 
 from tangpoem.errors import InputError, RunError
+from tangpoem.evaluate import EVAL_FILE, best_position
 from tangpoem.io import atomic_dir, atomic_write_json, display_path, umask_mode
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -122,17 +127,38 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def picked_index(count: int, index: int) -> int | None:
-    """Which of `count` checkpoints `checkpoint_index` = `index` picks (Python indexing), or None if none."""
+def checkpoint_evaluation(checkpoint: Path) -> dict[str, Any] | None:
+    """The validation figures saved with a checkpoint (eval.json), or None (trained without validation)."""
+    try:
+        return json.loads((checkpoint / EVAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def best_checkpoint(checkpoints: list[Path], best_metric: str) -> Path | None:
+    """The checkpoint with the best `best_metric` (the earliest of equals), or None if none was evaluated."""
+    position = best_position([checkpoint_evaluation(p) for p in checkpoints], best_metric)
+    return None if position is None else checkpoints[position]
+
+
+def picked_index(checkpoints: list[Path], index: int | str, best_metric: str = "val_loss") -> int | None:
+    """Which of `checkpoints` `checkpoint_index` = `index` picks (Python indexing, or "best"), or None if none."""
+    if index == "best":
+        best = best_checkpoint(checkpoints, best_metric)
+        return None if best is None else checkpoints.index(best)
+    count = len(checkpoints)
     return index % count if -count <= index < count else None
 
 
-def pick_checkpoint(output_dir: str | os.PathLike, index: int = -1) -> Path:
-    """The homework's pick-by-index over the checkpoint list (-1 = the last one)."""
+def pick_checkpoint(output_dir: str | os.PathLike, index: int | str = -1, best_metric: str = "val_loss") -> Path:
+    """The homework's pick-by-index over the checkpoint list (-1 = the last one), or the best by `best_metric`."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
         raise InputError(f"{display_path(output_dir)}: no checkpoints (train first)")
-    picked = picked_index(len(checkpoints), index)
+    picked = picked_index(checkpoints, index, best_metric)
+    if picked is None and index == "best":
+        raise InputError(f"config key 'checkpoint_index' = 'best': no checkpoint in {display_path(output_dir)} has validation "
+                         f"figures for best_metric {best_metric!r}; train with val_size > 0, or pick by index (-1: the last)")
     if picked is None:
         raise InputError(f"config key 'checkpoint_index' = {index}: {display_path(output_dir)} has {len(checkpoints)} checkpoints")
     return checkpoints[picked]
@@ -152,14 +178,18 @@ def is_disk_full(exc: BaseException, where: Path) -> bool:
     return False
 
 
-def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: Path, step: int, keep: int) -> Path:
-    """Write the adapter, the training state and (last) the manifest into a temp folder, rename it into
-    place, then prune the oldest beyond `keep`. A full disk leaves the earlier checkpoints as they were."""
+def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: Path, step: int, keep: int,
+                    evaluation: dict[str, Any] | None = None, best_metric: str = "val_loss") -> Path:
+    """Write the adapter, the training state, the step's validation figures (if any) and (last) the manifest
+    into a temp folder, rename it into place, then prune the oldest beyond `keep`, never the best by
+    `best_metric`. A full disk leaves the earlier checkpoints as they were."""
     final = output_dir / f"checkpoint-{step}"
     try:
         with atomic_dir(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             torch.save(state, tmp / STATE_FILE)
+            if evaluation is not None:
+                atomic_write_json(tmp / EVAL_FILE, evaluation)
             files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
             atomic_write_json(tmp / MANIFEST_FILE, {"step": step, "files": files})
     except (OSError, RuntimeError) as exc:
@@ -168,9 +198,17 @@ def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: P
         kept = [p.name for p in list_checkpoints(output_dir)]
         raise RunError(f"no space left on device while writing {final.name} in {display_path(output_dir)}; "
                        f"{', '.join(kept) or 'no checkpoint'} kept; free some space, then resume") from None
-    for old in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(output_dir, keep, best_metric)
     return final
+
+
+def prune_checkpoints(output_dir: Path, keep: int, best_metric: str) -> None:
+    """Remove the checkpoints older than the newest `keep`, except the best (as transformers' Trainer keeps it)."""
+    checkpoints = list_checkpoints(output_dir)
+    best = best_checkpoint(checkpoints, best_metric)
+    for old in checkpoints[:-keep]:
+        if old != best:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_training_state(checkpoint: Path) -> dict[str, Any]:

@@ -67,17 +67,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from tangpoem.checkpoints import checkpoint_step, list_checkpoints, picked_index
+    from tangpoem.checkpoints import checkpoint_evaluation, checkpoint_step, list_checkpoints, picked_index
+    from tangpoem.evaluate import describe_figures
 
     cfg = config_from_args(args)
     checkpoints = list_checkpoints(cfg.output_dir)
     if not checkpoints:
         print(f"{cfg.output_dir}: no checkpoints")
         return 0
-    picked = picked_index(len(checkpoints), cfg.checkpoint_index)
+    picked = picked_index(checkpoints, cfg.checkpoint_index, cfg.best_metric)
+    by = f" (best {cfg.best_metric})" if cfg.checkpoint_index == "best" else ""
     for index, path in enumerate(checkpoints):
-        mark = "  <- checkpoint_index" if index == picked else ""
-        print(f"[{index:2d}] [{index - len(checkpoints):3d}]  step {checkpoint_step(path):5d}  {path}{mark}")
+        figures = checkpoint_evaluation(path)
+        scores = f"{describe_figures(figures)}  " if figures else ""
+        mark = f"  <- checkpoint_index{by}" if index == picked else ""
+        print(f"[{index:2d}] [{index - len(checkpoints):3d}]  step {checkpoint_step(path):5d}  {scores}{path}{mark}")
+    if picked is None:
+        print(f"checkpoint_index = {cfg.checkpoint_index!r} picks none of these"
+              + (" (no validation figures: train with val_size > 0)" if by else ""))
     return 0
 
 
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--no-adapter", action="store_true", help="the base model, before fine-tuning")
     generate.set_defaults(func=cmd_generate)
 
-    checkpoints = sub.add_parser("checkpoints", help="list checkpoints and the one checkpoint_index picks")
+    checkpoints = sub.add_parser("checkpoints", help="list checkpoints, their validation figures, and the one checkpoint_index picks")
     _config_args(checkpoints)
     checkpoints.set_defaults(func=cmd_checkpoints)
 

@@ -21,7 +21,9 @@ from tangpoem.errors import InputError
 
 BREEZE = "MediaTek-Research/Breeze-7B-Instruct-v0_1"
 TAIDE = "taide/TAIDE-LX-7B-Chat"
-SECTIONS = ("model", "data", "lora", "training", "checkpoints", "generation", "levers")
+SECTIONS = ("model", "data", "lora", "training", "checkpoints", "evaluation", "tracking", "generation", "levers")
+SCORES = ("char_f1", "form", "pingze", "rhyme")  # generation scores on the validation rows, higher is better
+TRACKERS = ("none", "tensorboard", "trackio", "wandb")
 
 
 def knob(default: Any, help: str, section: str) -> Any:
@@ -64,10 +66,18 @@ class Config:
     warmup_steps: int = knob(50, "steps of linear learning-rate warmup", "training")
     logging_steps: int = knob(20, "log the loss every N steps", "training")
     gradient_checkpointing: bool = knob(True, "recompute activations in the backward pass: less memory (needed on a T4), ~30% slower", "training")
+    max_bad_steps: int = knob(10, "stop after N steps in a row with an inf/nan loss or an update the fp16 loss scaler skipped (0: never)", "training")
     # --- checkpoints
     save_steps: int = knob(65, "save a checkpoint every N optimizer steps (and at the end)", "checkpoints")
     save_total_limit: int = knob(3, "keep the newest N checkpoints", "checkpoints")
-    checkpoint_index: int = knob(-1, "which checkpoint generation uses: 0 the first, -1 the last (the homework's pick-by-index)", "checkpoints")
+    checkpoint_index: int | str = knob(-1, "which checkpoint generation uses: 0 the first, -1 the last, best (by best_metric)", "checkpoints")
+    # --- evaluation: validation during training (tangpoem.evaluate)
+    val_size: int | float = knob(0, "validation rows (course rows after num_train_data, picked by seed), or a fraction of num_train_data; 0: none (the homework)", "evaluation")
+    best_metric: str = knob("val_loss", "what picks the best checkpoint: val_loss (lower is better), char_f1, form, pingze, rhyme, or a mean such as char_f1+pingze", "evaluation")
+    early_stopping_patience: int = knob(0, "stop after N evaluations in a row without best_metric improving (0: never)", "evaluation")
+    early_stopping_threshold: float = knob(0.0, "the least change of best_metric that counts as improving", "evaluation")
+    # --- tracking
+    report_to: list[str] = knob(["none"], "none | tensorboard | trackio | wandb, or several: loss, learning rate, memory, eval figures, sample poems", "tracking")
     # --- generation
     generation_batch_size: int = knob(16, "poems generated together", "generation")
     do_sample: bool = knob(True, "sample; False: greedy, always the most likely token", "generation")
@@ -159,7 +169,44 @@ def validate(cfg: Config) -> None:
         raise _refuse(cfg, "max_steps", "must be >= 1 or null")
     if not cfg.lora_target_modules:
         raise _refuse(cfg, "lora_target_modules", "must name at least one module")
+    if cfg.max_bad_steps < 0 or cfg.early_stopping_patience < 0:
+        raise _refuse(cfg, "max_bad_steps" if cfg.max_bad_steps < 0 else "early_stopping_patience", "must be >= 0")
+    if not (isinstance(cfg.checkpoint_index, int) or cfg.checkpoint_index == "best"):
+        raise _refuse(cfg, "checkpoint_index", "must be a whole number (0 the first, -1 the last) or best")
+    validate_evaluation(cfg)
     validate_levers(cfg)
+
+
+def validation_rows(cfg: Config) -> int:
+    """How many validation rows `val_size` asks for (a fraction is of num_train_data, at least 1)."""
+    if isinstance(cfg.val_size, float) and cfg.val_size < 1:
+        return max(1, round(cfg.val_size * cfg.num_train_data)) if cfg.val_size > 0 else 0
+    return int(cfg.val_size)
+
+
+def metric_parts(best_metric: str) -> list[str]:
+    """`best_metric` as the figures it averages: ["val_loss"], or scores joined by "+"."""
+    return [part.strip() for part in best_metric.split("+")]
+
+
+def validate_evaluation(cfg: Config) -> None:
+    """val_size, best_metric, early stopping and report_to."""
+    size = cfg.val_size
+    if isinstance(size, bool) or not math.isfinite(size) or size < 0 or (isinstance(size, float) and size >= 1 and not size.is_integer()):
+        raise _refuse(cfg, "val_size", "must be a row count (0, 64, ...) or a fraction of num_train_data between 0 and 1")
+    if validation_rows(cfg) > 5001 - cfg.num_train_data:
+        raise _refuse(cfg, "val_size", f"asks for {validation_rows(cfg)} rows; the course has {5001 - cfg.num_train_data} "
+                                        f"after the first num_train_data ({cfg.num_train_data})")
+    parts = metric_parts(cfg.best_metric)
+    if parts != ["val_loss"] and not (parts and all(p in SCORES for p in parts)):
+        raise _refuse(cfg, "best_metric", f"must be val_loss, or one or more of {', '.join(SCORES)} joined by + (their mean)")
+    if cfg.early_stopping_threshold < 0:
+        raise _refuse(cfg, "early_stopping_threshold", "must be >= 0")
+    if cfg.early_stopping_patience and not validation_rows(cfg):
+        raise _refuse(cfg, "early_stopping_patience", "needs validation rows: set val_size (e.g. 64)")
+    unknown = [name for name in cfg.report_to if name not in TRACKERS]
+    if unknown or not cfg.report_to or ("none" in cfg.report_to and len(cfg.report_to) > 1):
+        raise _refuse(cfg, "report_to", f"must be none, or one or more of {', '.join(TRACKERS[1:])}")
 
 
 def validate_levers(cfg: Config) -> None:
@@ -198,6 +245,12 @@ def _coerce(key: str, value: Any) -> Any:
         raise InputError(f"config key '{key}': a value is required")
     if ftype.startswith("bool"):
         if isinstance(value, bool):
+            return value
+    elif ftype == "int | float":  # a count or a fraction
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif ftype == "int | str":  # an index or a name (checkpoint_index: -1, best)
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
             return value
     elif ftype.startswith("int"):
         if isinstance(value, int) and not isinstance(value, bool):

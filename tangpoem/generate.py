@@ -112,14 +112,15 @@ def demo_rows(couplets: Sequence[str] = DEMO_COUPLETS) -> list[Row]:
 
 
 def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tuple[torch.nn.Module, Any, Path | None]:
-    """Base model plus the adapter picked by `checkpoint_index` ("auto"), a given adapter dir, or none (None).
+    """Base model plus the adapter picked by `checkpoint_index` ("auto"; "best": by `best_metric`), a given adapter
+    dir, or none (None).
 
     With `dense_generation`, the NF4 weights under the adapter are then dequantized once (tangpoem.fast.dense):
     the same products as the 4-bit layers and the adapter's own arithmetic, so the same tokens, without
     dequantizing in every step; and the decode step can be replayed as a CUDA graph (`static_cache`)."""
     device = resolve_device(cfg)
     if adapter == "auto":
-        adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index)
+        adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index, cfg.best_metric)
     elif adapter is not None and (problem := adapter_problem(Path(adapter))):
         raise InputError(f"--adapter {display_path(adapter)}: not a LoRA adapter folder ({problem}); give a checkpoint-N folder")
     model = load_base_model(cfg, device)

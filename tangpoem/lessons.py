@@ -244,14 +244,18 @@ def rows_table(rows: Sequence[Any], limit: int = 3) -> Table:
 # ----------------------------------------------------------------------------- 06: generation
 
 def checkpoints_table(cfg: Config) -> Table:
-    """The checkpoints in output_dir, with the one `checkpoint_index` picks."""
-    from tangpoem.checkpoints import checkpoint_step, list_checkpoints, picked_index
+    """The checkpoints in output_dir with their validation figures (if trained with val_size), and the one
+    `checkpoint_index` picks ("best": by best_metric)."""
+    from tangpoem.checkpoints import checkpoint_evaluation, checkpoint_step, list_checkpoints, picked_index
+    from tangpoem.evaluate import FIGURES
 
     found = list_checkpoints(cfg.output_dir)
-    picked = picked_index(len(found), cfg.checkpoint_index)
-    return Table(["index", "from the end", "step", "path", "picked"],
-                 [[i, i - len(found), checkpoint_step(p), str(p), "←" if i == picked else ""]
-                  for i, p in enumerate(found)])
+    picked = picked_index(found, cfg.checkpoint_index, cfg.best_metric)
+    figures = [checkpoint_evaluation(p) or {} for p in found]
+    shown = [name for name in FIGURES if any(f.get(name) is not None for f in figures)]
+    return Table(["index", "from the end", "step", *shown, "path", "picked"],
+                 [[i, i - len(found), checkpoint_step(p), *(f.get(name) for name in shown), str(p), "←" if i == picked else ""]
+                  for i, (p, f) in enumerate(zip(found, figures))])
 
 
 def before_after(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: Sequence[str]) -> Table:

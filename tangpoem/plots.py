@@ -164,6 +164,39 @@ def loss_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     return fig
 
 
+SCORE_COLOURS = {"char_f1": "#2b7bba", "form": "#6a994e", "pingze": "#f4a259", "rhyme": "#bc4749"}
+
+
+def validation_figure(history: Sequence[Mapping[str, float]], evaluations: Sequence[Mapping[str, float | None]]) -> Figure:
+    """Left: the training loss per step with the validation loss at each save; right: the validation poems'
+    scores at each save (char F1, form, 平仄, rhyme; higher is better)."""
+    use_cjk_font()
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.plot([h["step"] for h in history], [h["loss"] for h in history], color=KEPT, alpha=0.6, label="training 訓練")
+    left.plot([e["step"] for e in evaluations], [e["val_loss"] for e in evaluations], color="crimson", marker="o",
+              label="validation 驗證")
+    left.set_xlabel("optimizer step 更新步數")
+    left.set_ylabel("loss 損失")
+    left.legend()
+    for name, colour in SCORE_COLOURS.items():
+        points = [(e["step"], e[name]) for e in evaluations if e.get(name) is not None]
+        right.plot([s for s, _ in points], [v for _, v in points], color=colour, marker="o", label=name)
+    right.set_ylim(0, 1.02)
+    right.set_xlabel("optimizer step 更新步數")
+    right.set_ylabel("score 分數 (higher is better)")
+    if evaluations:
+        left.set_title(f"loss: last validation {evaluations[-1]['val_loss']:.3f} at step {evaluations[-1]['step']}")
+        right.set_title(f"validation poems 驗證詩: {len(evaluations)} evaluations")
+        right.legend(loc="lower right")
+    else:
+        left.set_title("loss: no validation rows (val_size 0)")
+        right.set_title("no validation: set val_size (e.g. 64) to see these")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
 def save_png(fig: Figure, path: str | os.PathLike) -> Path:
     """Write the figure as a PNG (atomically, so a reader never sees half a file)."""
     buffer = io.BytesIO()

@@ -7,6 +7,10 @@ reaches the loop as the micro-step's loss function, the step reader and the mode
 as a branch in it. Checkpoints are whole or absent (tangpoem.checkpoints): a run killed at any moment
 resumes from its last checkpoint and ends with the weights of an uninterrupted run. Under `torchrun` each
 rank takes its share of every global batch (DDP).
+
+With `val_size`, each save is evaluated on held-out course rows first (tangpoem.evaluate, a callback); a run
+that diverges (inf/nan losses, skipped fp16 updates) stops with one line; a step that runs out of CUDA
+memory is done again in micro-batches half as big, the same rows per optimizer step.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from tangpoem.callbacks import Callback, Callbacks, StepFunction, default_callba
 from tangpoem.checkpoints import clean_stale_temps, list_checkpoints, load_training_state, output_dir_lock
 from tangpoem.config import Config, describe, effective_yaml
 from tangpoem.data import load_train_rows
-from tangpoem.errors import InputError, say
+from tangpoem.errors import InputError, RunError, say, setting
+from tangpoem.evaluate import EVAL_HISTORY_FILE, Evaluator
 from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.model import add_lora, load_adapter, load_base_model, load_tokenizer, prepare_for_training
 from tangpoem.runtime import (Distributed, resolve_compute_dtype, resolve_device, seed_everything, set_rng_state, setup_distributed,
                               uses_loss_scaling)
+from tangpoem.tracking import check_trackers
 from tangpoem.tokens import (EncodedDataset, EncodedRow, answer_positions, collate, count_label_tokens, encode_training_rows, pack,
                              packed_kwargs)
 
@@ -114,6 +120,15 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"capture_seconds": 0.0, "checkpoint_seconds": 0.0})
     graph_shape: Any = None  # with cuda_graphs: what every captured micro-batch is padded to
+    evaluator: Evaluator | None = None  # with val_size: measures each save on the validation rows
+    eval_history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's figures
+    eval_samples: list[dict[str, str]] = field(default_factory=list)  # the last evaluation's sample poems
+    should_stop: str | None = None  # set by a callback (early stopping): why the loop ends here
+    counts: dict[str, int] = field(default_factory=lambda: {"non_finite_losses": 0, "skipped_steps": 0, "oom_retries": 0})
+    micro_batch_size: int = 0  # rows per forward pass: micro_batch_size, halved after a CUDA out-of-memory
+
+    def __post_init__(self) -> None:
+        self.micro_batch_size = self.micro_batch_size or self.cfg.micro_batch_size
 
     @property
     def steps_per_epoch(self) -> int:
@@ -125,8 +140,38 @@ class Run:
     def micro_batches(self, rows: Sequence[EncodedRow]) -> list[list[EncodedRow]]:
         """This rank's micro-batches of one step's rows (every world_size-th row)."""
         local = list(rows)[self.ranks.rank :: self.ranks.world_size]
-        size = self.cfg.micro_batch_size
+        size = self.micro_batch_size
         return [local[i : i + size] for i in range(0, len(local), size)]
+
+    def halve_micro_batches(self, step: int, error: torch.OutOfMemoryError) -> None:
+        """After a CUDA out-of-memory in `step`: its partial gradients dropped and its micro-batches halved, so
+        that the loop does it again with the same rows (the same loss and update); said once per halving. At one
+        row (or under DDP, whose ranks must agree) the run stops with one line naming the memory and the knobs."""
+        self.optimizer.zero_grad(set_to_none=False)
+        size = self.micro_batch_size
+        if size == 1 or self.ranks.world_size > 1:
+            raise RunError(out_of_memory_message(self, step, error)) from None
+        self.micro_batch_size = size // 2
+        self.counts["oom_retries"] += 1
+        if self.ranks.is_main:
+            print(f"out of memory at step {step + 1} with micro-batches of {size} rows: from now on {self.micro_batch_size} "
+                  f"(the same {self.cfg.batch_size} rows per optimizer step, the same training); "
+                  f"{setting('micro_batch_size', self.micro_batch_size)} avoids the retry")
+
+
+def out_of_memory_message(run: Run, step: int, error: BaseException) -> str:
+    seen = "no CUDA memory figures"
+    if run.device.type == "cuda":
+        total = torch.cuda.get_device_properties(run.device).total_memory
+        seen = f"{torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB of {total / 2**30:.1f} GiB at the peak"
+    size = "one row a micro-batch" if run.micro_batch_size == 1 else f"micro-batches of {run.micro_batch_size} rows (DDP: no retry)"
+    kept = [p.name for p in list_checkpoints(run.output_dir)]
+    fixes = [setting("gradient_checkpointing", True)] if not run.cfg.gradient_checkpointing else []
+    fixes.append(setting("cutoff_len", max(32, run.cfg.cutoff_len // 2)))
+    if run.micro_batch_size > 1:
+        fixes.append(setting("micro_batch_size", run.micro_batch_size // 2))
+    return (f"out of CUDA memory at step {step + 1} with {size} ({seen}); {', '.join(kept) or 'no checkpoint'} kept; "
+            f"try {' or '.join(fixes)}, or a GPU with more memory")
 
 
 def open_output_dir(cfg: Config, ranks: Distributed, held: contextlib.ExitStack, log: Callable[[str], None]) -> Path:
@@ -224,6 +269,7 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
     device = resolve_device(cfg, ranks)
     dtype = resolve_compute_dtype(cfg, device)
     levers.check_training_levers(cfg, device, ranks)
+    check_trackers(cfg)
     log = print if ranks.is_main else (lambda *a, **k: None)
     held = contextlib.ExitStack()
     try:
@@ -247,19 +293,24 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
         total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
         optimizer, scheduler, scaler = optimizer_and_schedule(cfg, params, device, dtype, total_steps)
-        history, start_step = [], 0
+        history, start_step, eval_history = [], 0, []
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"] or {})
-            history, start_step = state["history"], state["step"]
+            history, start_step, eval_history = state["history"], state["step"], state.get("eval_history", [])
             set_rng_state(state["rng"])
             log(f"resume: from {latest} (step {start_step} of {total_steps})")
 
         micro_loss = eager_micro_loss(cfg, model, tokenizer, device, dtype, ranks)
         run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
                   total_steps, history, micro_loss, epoch_order(cfg, dataset.lengths),
-                  levers.step_reader(cfg, device, ranks, steps_per_epoch), held, params)
+                  levers.step_reader(cfg, device, ranks, steps_per_epoch), held, params, eval_history=eval_history)
+        if cfg.val_size:
+            run.evaluator = Evaluator(cfg, tokenizer, device, dtype, functools.partial(levers.evaluation_modes, model, cfg))
+            log(run.evaluator.summary())
+            if ranks.is_main:  # a resumed run's history ends at its checkpoint, whatever the killed run wrote after
+                atomic_write_json(output_dir / EVAL_HISTORY_FILE, eval_history)
         run.timings["load_seconds"] = run.started - loading  # process set-up, data, model and adapters
         levers.enter_training_modes(run.modes, model, cfg, device.type == "cuda" and dtype != torch.float32, log)
         if cfg.cuda_graphs and start_step < total_steps:
@@ -277,20 +328,26 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
 
 def train_loop(run: Run, callbacks: Callback) -> None:
     """For each optimizer step: its micro-batches forward and backward, then clip, step, and hand the
-    step's figures to the callbacks (logging, history, checkpoints)."""
+    step's figures to the callbacks (logging, history, evaluation, checkpoints)."""
     model, optimizer, scheduler, scaler, cfg = run.model, run.optimizer, run.scheduler, run.scaler, run.cfg
     model.train()
     for step in range(run.start_step, run.total_steps):
         rows = run.step_rows(step)
         # every answer token of the step weighs the same, whatever the micro-batch size, accumulation or ranks
         num_items = count_label_tokens(rows)
-        micro_batches = run.micro_batches(rows)
-        step_loss = torch.zeros((), device=run.device)
-        for i, micro_batch in enumerate(micro_batches):
-            loss = run.micro_loss(micro_batch, num_items, i == len(micro_batches) - 1)
-            scaler.scale(loss).backward()
-            step_loss += loss.detach()
-            del loss  # a captured step's graph would otherwise outlive the loop
+        step_loss = None
+        while step_loss is None:  # done again in smaller micro-batches after a CUDA out-of-memory
+            try:
+                step_loss = torch.zeros((), device=run.device)
+                micro_batches = run.micro_batches(rows)
+                for i, micro_batch in enumerate(micro_batches):
+                    loss = run.micro_loss(micro_batch, num_items, i == len(micro_batches) - 1)
+                    scaler.scale(loss).backward()
+                    step_loss += loss.detach()
+                    del loss  # a captured step's graph would otherwise outlive the loop
+            except torch.OutOfMemoryError as error:
+                step_loss = loss = None  # the failed pass's graph goes
+                run.halve_micro_batches(step, error)  # or stop with one line
         scaler.unscale_(optimizer)  # fp16: the true gradients, before clipping them
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf)
         scaler.step(optimizer)  # fp16: skipped when a gradient is inf/nan
@@ -300,6 +357,8 @@ def train_loop(run: Run, callbacks: Callback) -> None:
         done = step + 1
         for record in run.reader.push(done, step_loss, grad_norm, scheduler.get_last_lr()[0], callbacks.wants(run, done)):
             callbacks.on_step_end(run, record)
+        if run.should_stop:  # early stopping
+            break
     for record in run.reader.flush():
         callbacks.on_step_end(run, record)
     callbacks.on_train_end(run)
@@ -314,6 +373,9 @@ class TrainResult:
     model: torch.nn.Module | None = None  # the peft model as trained (adapters of the last step)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: set-up and capture, first step, checkpoint writes
     graph_shape: Any = None  # with cuda_graphs: what every captured micro-batch is padded to
+    eval_history: list[dict[str, Any]] = field(default_factory=list)  # with val_size: the figures of each save
+    stopped_early: str | None = None  # why early stopping ended the run, if it did
+    counts: dict[str, int] = field(default_factory=dict)  # non-finite losses, skipped fp16 steps, out-of-memory retries
 
 
 def train(cfg: Config, on_step_end: Sequence[Callable[[int, dict[str, float]], None] | Callback] = (),
@@ -326,18 +388,21 @@ def train(cfg: Config, on_step_end: Sequence[Callable[[int, dict[str, float]], N
     callbacks run once the next step is queued, except on log and save steps."""
     run = prepare(cfg, resume, force)
     extra = [c if isinstance(c, Callback) else StepFunction(c) for c in on_step_end]
-    callbacks = default_callbacks(run)
-    callbacks[1:1] = extra  # after History, before Progress and Saver
     with run.modes:
+        callbacks = default_callbacks(run)
+        callbacks[1:1] = extra  # after History, before Progress and Saver
         train_loop(run, Callbacks(callbacks))
     if run.ranks.world_size > 1:
         torch.distributed.destroy_process_group()
     seconds = time.perf_counter() - run.started
     if run.ranks.is_main:
-        steps = run.total_steps - run.start_step
+        steps = (run.history[-1]["step"] if run.history else run.start_step) - run.start_step  # fewer if stopped early
         atomic_write_json(run.output_dir / SUMMARY_FILE, {"steps": steps, "seconds": seconds, "timings": run.timings,
-                                                         "last_loss": run.history[-1]["loss"] if run.history else None})
+                                                         "last_loss": run.history[-1]["loss"] if run.history else None,
+                                                         "counts": run.counts, "stopped_early": run.should_stop})
         print(f"train: {steps} steps in {seconds:.1f} s (loading {run.timings['load_seconds']:.1f} s before); "
               f"checkpoints in {run.output_dir}")
+        if any(run.counts.values()):
+            print("guards: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in run.counts.items() if n))
     return TrainResult(run.output_dir, list_checkpoints(run.output_dir), run.history, seconds, run.model, run.timings,
-                       run.graph_shape)
+                       run.graph_shape, run.eval_history, run.should_stop, run.counts)

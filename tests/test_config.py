@@ -68,6 +68,18 @@ def test_set_overrides_are_typed():
         ({"learning_rate": "nan"}, "'learning_rate' = nan: must be a finite number"),
         ({"max_grad_norm": "inf"}, "'max_grad_norm' = inf: must be a finite number"),
         ({"seed": "-1"}, "'seed' = -1: must be between 0 and 2**32 - 1"),
+        ({"checkpoint_index": "latest"}, "'checkpoint_index' = 'latest': must be a whole number (0 the first, -1 the last) or best"),
+        ({"checkpoint_index": "1.5"}, "'checkpoint_index': expected int | str, got 1.5"),
+        ({"val_size": "-4"}, "'val_size' = -4: must be a row count"),
+        ({"val_size": "2.5"}, "'val_size' = 2.5: must be a row count (0, 64, ...) or a fraction of num_train_data"),
+        ({"val_size": "4000"}, "'val_size' = 4000: asks for 4000 rows; the course has 3961 after the first num_train_data (1040)"),
+        ({"best_metric": "bleu"}, "'best_metric' = 'bleu': must be val_loss, or one or more of char_f1, form, pingze, rhyme joined by +"),
+        ({"best_metric": "val_loss+char_f1"}, "must be val_loss, or one or more of"),
+        ({"early_stopping_patience": "2"}, "'early_stopping_patience' = 2: needs validation rows: set val_size"),
+        ({"early_stopping_threshold": "-0.1", "val_size": "8"}, "'early_stopping_threshold' = -0.1: must be >= 0"),
+        ({"report_to": "mlflow"}, "'report_to' = ['mlflow']: must be none, or one or more of tensorboard, trackio, wandb"),
+        ({"report_to": "none,tensorboard"}, "must be none, or one or more of"),
+        ({"max_bad_steps": "-1"}, "'max_bad_steps' = -1: must be >= 0"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(overrides, message):
@@ -75,6 +87,21 @@ def test_bad_values_are_refused_with_the_key_named(overrides, message):
         load_config(None, overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_checkpoint_index_best_and_the_evaluation_keys_from_yaml_and_set(tmp_path):
+    (tmp_path / "eval.yaml").write_text("base: tiny-cpu\ncheckpoint_index: best\nval_size: 0.1\nbest_metric: char_f1+pingze\n"
+                                        "report_to: [tensorboard, trackio]\n", encoding="utf-8")
+    cfg = load_config(tmp_path / "eval.yaml")
+    assert (cfg.checkpoint_index, cfg.val_size, cfg.best_metric, cfg.report_to) == ("best", 0.1, "char_f1+pingze", ["tensorboard", "trackio"])
+    cfg = load_config("tiny-cpu", parse_set(["checkpoint_index=best", "val_size=64", "report_to=tensorboard"]))
+    assert (cfg.checkpoint_index, cfg.val_size, cfg.report_to) == ("best", 64, ["tensorboard"])
+    assert load_config("tiny-cpu", parse_set(["checkpoint_index=-2"])).checkpoint_index == -2
+    from tangpoem.config import effective_yaml
+
+    assert yaml.safe_load(effective_yaml(cfg)) == cfg.to_dict()
+    defaults = Config()
+    assert (defaults.val_size, defaults.checkpoint_index, defaults.report_to, defaults.early_stopping_patience) == (0, -1, ["none"], 0)
 
 
 def test_bad_yaml_names_file_and_line(tmp_path):

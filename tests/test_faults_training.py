@@ -221,3 +221,123 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next(tmp_path):
     assert (out / LOCK_FILE).exists() and list_checkpoints(out)
     assert main(["train", *TINY, "--set", f"output_dir={out}", "--set", "max_steps=40", "--set", "save_steps=2", "--resume"]) == 0
     assert list_checkpoints(out)[-1].name == "checkpoint-40" and not (out / LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- guards for the T4: divergence, out of memory
+
+def _inject(monkeypatch, fault):
+    """Wrap the run's micro-step: `fault(rows, call, loss_fn)` sees each micro-batch (call counts from 0)."""
+    import tangpoem.train as recipe
+
+    real = recipe.eager_micro_loss
+
+    def wrapped(*args, **kwargs):
+        eager = real(*args, **kwargs)
+        calls = []
+
+        def micro_loss(rows, num_items, last):
+            calls.append(len(rows))
+            return fault(rows, len(calls) - 1, lambda: eager(rows, num_items, last))
+
+        return micro_loss
+
+    monkeypatch.setattr(recipe, "eager_micro_loss", wrapped)
+
+
+def test_a_run_whose_loss_turns_nan_stops_after_max_bad_steps_keeping_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    # tiny-cpu: 2 micro-batches a step; from step 6 on the loss is nan
+    _inject(monkeypatch, lambda rows, call, loss: loss() * (float("nan") if call >= 10 else 1.0))
+    assert _train(out, "--set", "max_bad_steps=3", steps=12) == 1
+    line = _one_error_line(capsys)
+    assert line == (f"error: training diverged: at step 8 the loss was inf/nan for 3 steps in a row (no loss scaling); "
+                    f"checkpoint-4 kept in {out}; try `--set learning_rate=0.003`, then train again (max_bad_steps=3)")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]  # step 8 was not saved: its loss is nan
+    history = json.loads((out / "loss_history.json").read_text(encoding="utf-8"))
+    assert [h["step"] for h in history] == list(range(1, 9))  # the history on disk shows the bad steps
+    assert not (out / LOCK_FILE).exists()
+
+
+def _loss_scaling(monkeypatch):
+    """A real GradScaler, enabled on the CPU here as on a T4 (fp16): it skips an update whose gradients hold
+    inf/nan and lowers its scale."""
+    import torch
+
+    import tangpoem.train as recipe
+
+    real = recipe.optimizer_and_schedule
+
+    def with_loss_scaling(*args):
+        optimizer, scheduler, _ = real(*args)
+        return optimizer, scheduler, torch.amp.GradScaler("cpu", init_scale=2.0**16, enabled=True)
+
+    monkeypatch.setattr(recipe, "optimizer_and_schedule", with_loss_scaling)
+
+
+def test_isolated_bad_steps_are_counted_not_fatal(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _loss_scaling(monkeypatch)  # the scaler skips the nan steps' updates, so the weights stay good
+    _inject(monkeypatch, lambda rows, call, loss: loss() * (float("nan") if call in (4, 10, 11) else 1.0))  # steps 3 and 6
+    assert _train(out, "--set", "max_bad_steps=2", steps=8) == 0
+    summary = json.loads((out / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["counts"] == {"non_finite_losses": 2, "skipped_steps": 2, "oom_retries": 0}
+    assert "guards: 2 non finite losses, 2 skipped steps" in capsys.readouterr().out
+
+
+def test_steps_the_fp16_loss_scaler_skips_are_counted_and_stop_the_run(tmp_path, capsys, monkeypatch):
+    """From step 3 the gradients overflow once scaled: the scaler skips each update and lowers its scale; the
+    loss itself stays finite."""
+    _loss_scaling(monkeypatch)
+    _inject(monkeypatch, lambda rows, call, loss: loss() * (1e36 if call >= 4 else 1.0))
+    out = tmp_path / "run"
+    assert _train(out, "--set", "max_bad_steps=3", "--set", "save_steps=2", steps=8) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith("error: training diverged: at step 5 the loss scaler skipped the update for 3 steps in a row "
+                           "(fp16 overflow); checkpoint-2, checkpoint-4 kept"), line
+    assert "`--set compute_dtype=float32` (slower, no overflow)" in line
+
+
+def test_out_of_memory_halves_the_micro_batches_and_trains_the_same(tiny_config, monkeypatch, capsys):
+    """A micro-step that runs out of memory above 2 rows: the step is done again in micro-batches of 2, said
+    once, and the run ends with the adapter of a run with micro_batch_size 2."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tangpoem.train import train
+
+    common = {"num_train_data": 16, "max_steps": 6, "learning_rate": 1e-2, "warmup_steps": 0, "save_steps": 3}
+    reference = train(tiny_config(**common, micro_batch_size=2, output_dir=str(tiny_config().output_dir) + "-reference"))
+    capsys.readouterr()
+
+    def fault(rows, call, loss):
+        if len(rows) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return loss()
+
+    _inject(monkeypatch, fault)
+    result = train(tiny_config(**common))  # micro_batch_size 4
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("out of memory")]
+    assert said == ["out of memory at step 1 with micro-batches of 4 rows: from now on 2 (the same 8 rows per optimizer "
+                    "step, the same training); `--set micro_batch_size=2` avoids the retry"]
+    assert result.counts["oom_retries"] == 1
+    assert [round(h["loss"], 5) for h in result.history] == [round(h["loss"], 5) for h in reference.history]
+    a, b = (load_file(str(list_checkpoints(r.output_dir)[-1] / "adapter_model.safetensors")) for r in (reference, result))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_out_of_memory_at_one_row_stops_with_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    def fault(rows, call, loss):
+        if call >= 4:  # steps 1 and 2 fit, then nothing does
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return loss()
+
+    _inject(monkeypatch, fault)
+    out = tmp_path / "run"
+    assert _train(out, "--set", "save_steps=2", steps=4) == 1
+    assert _one_error_line(capsys) == (
+        "error: out of CUDA memory at step 3 with one row a micro-batch (no CUDA memory figures); checkpoint-2 kept; "
+        "try `--set gradient_checkpointing=true` or `--set cutoff_len=128`, or a GPU with more memory")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"] and not (out / LOCK_FILE).exists()

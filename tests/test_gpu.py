@@ -297,3 +297,46 @@ def test_export_merged_breeze_shaped_loads_alone_and_writes_the_adapters_greedy_
           f"float32 {sizes['float32'] / 2**30:.2f} GiB in {seconds['float32']:.1f} s, bfloat16 "
           f"{sizes['bfloat16'] / 2**30:.2f} GiB in {seconds['bfloat16']:.1f} s; greedy rows identical to the adapter's: "
           f"{same}/{len(prompts)}")
+
+
+def test_out_of_memory_halves_the_micro_batch_under_a_memory_cap(small_mistral, tmp_path, course_dir, capsys):
+    """A cap (torch.cuda.set_per_process_memory_fraction) between what micro-batches of 8 and of 16 rows need:
+    the first step runs out of memory at 16, is done again at 8 (said once), and the run ends with the
+    adapter of a run with micro_batch_size 8."""
+    import gc
+
+    from safetensors.torch import load_file
+
+    from tangpoem.checkpoints import list_checkpoints
+
+    common = dict(batch_size=16, num_train_data=64, max_steps=4, save_steps=4, lora_dropout=0.0, gradient_checkpointing=False)
+
+    def peak_reserved(micro_batch_size: int, name: str):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        result = train(gpu_config(small_mistral, tmp_path / name, course_dir, micro_batch_size=micro_batch_size, **common))
+        peak = torch.cuda.max_memory_reserved()
+        result.model = None  # its memory goes back before the next run
+        return result, peak
+
+    reference, fits = peak_reserved(8, "eight")
+    _, too_much = peak_reserved(16, "sixteen")
+    assert too_much - fits > 8 * 2**20, f"16 rows need {too_much / 2**20:.0f} MiB, 8 rows {fits / 2**20:.0f} MiB: no room for a cap"
+    total = torch.cuda.get_device_properties(0).total_memory
+    gc.collect()
+    torch.cuda.empty_cache()
+    capsys.readouterr()
+    torch.cuda.set_per_process_memory_fraction((fits + too_much) / 2 / total)
+    try:
+        capped = train(gpu_config(small_mistral, tmp_path / "capped", course_dir, micro_batch_size=16, **common))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("out of memory")]
+    print(f"cap {(fits + too_much) / 2 / 2**20:.0f} MiB between 8 rows ({fits / 2**20:.0f} MiB) and 16 ({too_much / 2**20:.0f} MiB): {said}")
+    assert said == ["out of memory at step 1 with micro-batches of 16 rows: from now on 8 (the same 16 rows per optimizer "
+                    "step, the same training); `--set micro_batch_size=8` avoids the retry"]
+    assert capped.counts["oom_retries"] == 1
+    a, b = (load_file(str(list_checkpoints(r.output_dir)[-1] / "adapter_model.safetensors")) for r in (reference, capped))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name

@@ -210,7 +210,8 @@ def test_the_whole_sequence_runs_headless_on_nano(tmp_path, capsys):
     assert any("| mean |" in t and "charF1" in t for t in tables)
 
     figures = {p.stem: p for p in (run / "figures").glob("*.png")}
-    assert set(figures) == {"03_temperature", "03_top_k_top_p", "04_lengths", "04_label_mask", "05_loss"}
+    assert set(figures) == {"03_temperature", "03_top_k_top_p", "04_lengths", "04_label_mask", "05_loss", "05_validation"}
+    assert [e["step"] for e in json.loads((run / "eval_history.json").read_text(encoding="utf-8"))] == [2, 4]  # nano-cpu: val_size 64
     for path in figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     before = json.loads((run / "demo_before.json").read_text(encoding="utf-8"))

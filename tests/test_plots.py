@@ -21,6 +21,11 @@ def test_figures_are_built_from_plain_data(tmp_path):
         "mask": plots.label_mask_figure(["<s>", "[", "INST", "]", "春", "</s>"], [False] * 4 + [True] * 2, per_line=4),
         "loss": plots.loss_figure([{"step": 1, "loss": 3.0, "learning_rate": 1e-4}, {"step": 2, "loss": 2.5, "learning_rate": 2e-4}]),
         "empty loss": plots.loss_figure([]),
+        "validation": plots.validation_figure(
+            [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 5)],
+            [{"step": 2, "val_loss": 2.9, "char_f1": 0.1, "form": 0.5, "pingze": None, "rhyme": 0.4},
+             {"step": 4, "val_loss": 2.7, "char_f1": 0.2, "form": 0.7, "pingze": 0.6, "rhyme": 0.5}]),
+        "no validation": plots.validation_figure([{"step": 1, "loss": 3.0}], []),
     }
     for name, fig in figures.items():
         assert isinstance(fig, Figure), name
@@ -29,6 +34,9 @@ def test_figures_are_built_from_plain_data(tmp_path):
     assert len(figures["temperature"].axes) == 2
     assert "2 learned" in figures["mask"].axes[0].get_title()
     assert "1 rows over cutoff_len" in figures["lengths"].axes[1].get_title()
+    assert "last validation 2.700 at step 4" in figures["validation"].axes[0].get_title()
+    assert [len(line.get_xdata()) for line in figures["validation"].axes[1].get_lines()] == [2, 2, 1, 2]  # a None is no point
+    assert "val_size" in figures["no validation"].axes[1].get_title()
 
 
 def test_blank_and_newline_tokens_stay_visible():

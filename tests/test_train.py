@@ -1,5 +1,6 @@
 """Training end to end on the CPU: loss goes down, checkpoints are complete or absent, resume is exact."""
 
+import json
 import os
 import signal
 import subprocess
@@ -122,7 +123,7 @@ KILLER = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["after-step-6", "while-saving-8"])
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, course_dir, when):
-    common = {**SMALL, "data_dir": course_dir}
+    common = {**SMALL, "data_dir": course_dir, "val_size": 16}  # evaluation at each save must not disturb the resume
     _train_cli({**common, "output_dir": tmp_path / "straight"})
 
     interrupted = tmp_path / "interrupted"
@@ -140,24 +141,33 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cours
     assert straight.keys() == after.keys() and len(straight) > 0
     for name in straight:
         assert torch.equal(straight[name], after[name]), name
-    history = [h["loss"] for h in torch.load(list_checkpoints(interrupted)[-1] / "training_state.pt", weights_only=False)["history"]]
-    straight_history = [h["loss"] for h in torch.load(list_checkpoints(tmp_path / "straight")[-1] / "training_state.pt", weights_only=False)["history"]]
-    assert history == straight_history
+    state = torch.load(list_checkpoints(interrupted)[-1] / "training_state.pt", weights_only=False)
+    straight_state = torch.load(list_checkpoints(tmp_path / "straight")[-1] / "training_state.pt", weights_only=False)
+    assert [h["loss"] for h in state["history"]] == [h["loss"] for h in straight_state["history"]]
+    # the evaluations: those of the checkpoint resumed, then the resumed run's; the same figures as straight through
+    timeless = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
+    assert [e["step"] for e in state["eval_history"]] == [4, 8, 10]
+    assert timeless(state["eval_history"]) == timeless(straight_state["eval_history"])
+    assert timeless(json.loads((interrupted / "eval_history.json").read_text(encoding="utf-8"))) == timeless(state["eval_history"])
 
 
 @pytest.mark.slow
 def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
-    """Two ranks (gloo on the CPU) share each global batch; the optimizer step is the same math."""
-    common = {**SMALL, "max_steps": 4, "data_dir": course_dir, "lora_dropout": 0.0}
+    """Two ranks (gloo on the CPU) share each global batch; the optimizer step is the same math. Rank 0
+    evaluates each save and hands its figures to rank 1."""
+    common = {**SMALL, "max_steps": 4, "data_dir": course_dir, "lora_dropout": 0.0, "val_size": 8}
     _train_cli({**common, "output_dir": tmp_path / "single"})
     sets = [a for k, v in {**common, "output_dir": tmp_path / "ddp"}.items() for a in ("--set", f"{k}={v}")]
     result = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    "-m", "tangpoem.cli", "train", "--config", "tiny-cpu", *sets])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("step 4/4") == 1  # only rank 0 logs
+    assert [line.split("  ")[0] for line in result.stdout.splitlines() if "step 4/4" in line] == ["step 4/4", "eval"]  # rank 0 logs
     single, ddp = _adapter(tmp_path / "single"), _adapter(tmp_path / "ddp")
     for name in single:
         assert torch.allclose(single[name], ddp[name], atol=1e-5), name
+    evaluations = [json.loads((tmp_path / run / "eval_history.json").read_text(encoding="utf-8")) for run in ("single", "ddp")]
+    assert [[e["step"] for e in history] for history in evaluations] == [[4], [4]]
+    assert abs(evaluations[0][0]["val_loss"] - evaluations[1][0]["val_loss"]) < 1e-4
 
 
 def _assert_same_training(tiny_config, common: dict, variant: dict, digits: int = 4, atol: float = 1e-5):

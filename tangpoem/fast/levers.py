@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -71,6 +71,22 @@ def enter_training_modes(stack: contextlib.ExitStack, model: torch.nn.Module, cf
             log(f"fused: {count} {what}")
     if cfg.compile:
         log(f"compile: {compile_layers(model)} decoder layers (the first steps are slower)")
+
+
+@contextlib.contextmanager
+def evaluation_modes(model: torch.nn.Module, cfg: Config) -> Iterator[None]:
+    """Evaluation inside the loop (tangpoem.evaluate) pads rows and generates with a cache: with varlen_attention
+    the model attends with sdpa meanwhile, then with the varlen kernel again."""
+    if not cfg.varlen_attention:
+        yield
+        return
+    pretrained = model.get_base_model()
+    training = pretrained.config._attn_implementation
+    pretrained.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        pretrained.set_attn_implementation(training)
 
 
 def graphed_micro_loss(stack: contextlib.ExitStack, model: torch.nn.Module, eager: MicroLoss,
