@@ -104,6 +104,17 @@ def read_grades(path: Path | None) -> tuple[list[tuple[str, str]], str | None]:
     return rows, path.name  # the name only: a card is public, the folders it came from are not
 
 
+def read_validation(ckpt: Checkpoint) -> list[tuple[str, str]]:
+    """(figure, value) rows of the validation figures saved with the checkpoint during training (eval.json);
+    nothing when it was trained without validation (val_size 0)."""
+    from tangpoem.checkpoints import checkpoint_evaluation
+    from tangpoem.evaluate import FIGURES
+
+    figures = checkpoint_evaluation(ckpt.path) or {}
+    return [(name, f"{figures[name]:.4f}" if name == "val_loss" else f"{figures[name]:.3f}")
+            for name in FIGURES if isinstance(figures.get(name), (int, float))]
+
+
 # ----------------------------------------------------------------------------- the model card
 
 def base_model_text(cfg: Config) -> str:
@@ -190,6 +201,7 @@ def model_card(ckpt: Checkpoint, where: str, merged: bool, dtype: str, grades: P
         data, template_path=template, title=title, merged=merged, dtype=dtype, quantized=cfg.load_in_4bit,
         base_model=base_model_text(cfg), checkpoint=ckpt.path.name, step=ckpt.step, cfg=cfg, repo_url=REPO_URL,
         hyperparameters=hyperparameters(ckpt), losses=loss_rows(ckpt.history), grades=grade_rows,
+        validation=read_validation(ckpt), val_size=getattr(cfg, "val_size", 0),
         grades_source=grades_source, prompt=course_prompt(INSTRUCTION, "{first couplet 上聯}"),
         snippet=usage_snippet(cfg, where, merged, dtype)))
 

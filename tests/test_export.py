@@ -113,7 +113,8 @@ def test_adapter_export_card_and_the_cards_code_runs(checkpoint, tmp_path):
     assert card.data.library_name == "peft" and card.data.language == ["zh"]
     assert course_prompt(INSTRUCTION, "{first couplet 上聯}") in readme
     assert "| LoRA rank r / alpha / dropout | " in readme and "| steps | mean loss (answer tokens) |" in readme
-    assert "No evaluation figures" in readme
+    validated = (checkpoint / "eval.json").is_file()  # nano-cpu validates at each save, tiny-cpu does not
+    assert ("No evaluation figures" in readme) is not validated and ("Validation during training" in readme) is validated
     code = card_code(readme)
     namespace: dict = {}
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -229,3 +230,13 @@ def test_a_4bit_adapter_is_not_merged_on_a_cpu(trained, tmp_path, capsys):
     err = bad(capsys, "--adapter", str(trained("tiny-mistral")), str(tmp_path / "out"), "--merged",
               "--set", "load_in_4bit=true")
     assert "trained on the 4-bit (NF4) base" in err and "GPU" in err
+
+
+def test_the_checkpoints_validation_figures_go_on_the_card(trained, tmp_path):
+    checkpoint = trained("tangpoem-nano")  # nano-cpu validates on course rows it does not train on, at each save
+    figures = json.loads((checkpoint / "eval.json").read_text(encoding="utf-8"))
+    export(checkpoint, tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "Validation during training, at this checkpoint's step: 64 course rows" in card
+    assert f"| val_loss | {figures['val_loss']:.4f} |" in card and f"| rhyme | {figures['rhyme']:.3f} |" in card
+    assert "No evaluation figures were saved" not in card
