@@ -79,18 +79,20 @@ def top_k_top_p_figure(top_labels: Sequence[str], probs: Sequence[float], kept_t
     cumulative = [sum(probs[: i + 1]) for i in x]
     use_cjk_font()
     fig = Figure(figsize=(12, 3.8), layout="constrained")
-    left, right = fig.subplots(1, 2, sharey=True)
+    left, right = fig.subplots(1, 2)
     left.bar(x, probs, color=[KEPT if k else DROPPED for k in kept_top_k])
     left.set_title(f"top-k = {top_k}: keep the {top_k} most likely tokens ({sum(kept_top_k)} of {len(x)} shown kept)")
     right.bar(x, probs, color=[KEPT if k else DROPPED for k in kept_top_p])
     right.plot(x, cumulative, color="black", marker=".", linewidth=1, label="cumulative 累積機率")
     right.axhline(top_p, color="crimson", linestyle="--", linewidth=1, label=f"top_p = {top_p:g}")
     right.set_title(f"top-p = {top_p:g}: keep the fewest tokens whose mass reaches p ({sum(kept_top_p)} of {len(x)} kept)")
-    right.legend(loc="center right")
+    right.legend(loc="upper left")
     for ax in (left, right):
         ax.set_xticks(x, [_label(s) for s in top_labels], fontsize=9)
-        ax.set_ylim(0, 1.05)
+    left.set_ylim(0, max(probs, default=1) * 1.15)  # a flat distribution's bars stay visible
+    right.set_ylim(0, max([*cumulative, top_p], default=1) * 1.25)  # room for the legend above the curve
     left.set_ylabel("probability 機率")
+    right.set_ylabel("probability 機率 / cumulative 累積")
     fig.suptitle("Blue 藍: may be sampled 可被抽樣   Grey 灰: filtered out 被濾掉")
     return fig
 
@@ -173,7 +175,7 @@ def loss_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     lr_ax.plot(steps, [h["learning_rate"] for h in history], color="grey", linestyle=":", label="learning rate 學習率")
     lr_ax.set_ylabel("learning rate 學習率", color="grey")
     if history:
-        ax.legend(loc="upper right", fontsize=8)
+        fig.legend(loc="outside lower center", ncols=3, fontsize=8)
         ax.set_title(f"loss curve 損失曲線: smoothed loss {smoothed(losses)[-1]:.3f} at step {steps[-1]} "
                      f"(from {smoothed(losses)[0]:.3f}; last step alone {losses[-1]:.3f})")
     else:
