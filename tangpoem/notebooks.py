@@ -25,10 +25,11 @@ from tangpoem.io import atomic_write_json, atomic_write_text
 from tangpoem.resources import NOTEBOOK_GLOB, checkout_notebooks, notebooks_dir
 
 KERNEL_NAME = "python3"  # passed explicitly: a kernel name stored in a notebook may not exist here
-# The kernel's own log goes to the runner's terminal. At its default level every kernel started with "Kernel is
-# running over TCP without encryption": papermill's kernels listen on 127.0.0.1 only, with signed messages, and
-# nothing in it is for the user. Errors still show; a failing cell is reported from the notebook itself.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log goes to the runner's terminal, and nothing in it is for the user: every kernel started with
+# "Kernel is running over TCP without encryption" (papermill's kernels listen on 127.0.0.1 only, with signed
+# messages), and one slow to exit logged "KeyboardInterrupt caught in kernel" as jupyter_client stopped it. A
+# failing cell, or a kernel that died, is reported from the notebook by papermill (NotebookFailed below).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 CONFIG_FILE_PARAMETER = "config_file"
 
 
