@@ -11,7 +11,7 @@ import sys
 from typing import Callable
 
 from tangpoem.config import Config, load_config, parse_set
-from tangpoem.errors import InputError, RunError
+from tangpoem.errors import InputError, RunError, speak_to
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +203,7 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    speak_to("cli")  # messages name `--set key=value`, also after a notebook helper spoke to a notebook in this process
     try:
         return int(args.func(args) or 0)
     except (InputError, RunError) as e:

@@ -26,17 +26,20 @@ from tangpoem.table import Table
 DEMO_BEFORE_FILE = "demo_before.json"  # 03 writes the base model's demo poems; 06 shows them beside the tuned ones
 FIGURES_DIR = "figures"
 DRIVE_ROOT = "/content/drive/MyDrive/tangpoem"
+HUB_CACHE_DIR = "hf-hub-cache"  # under DRIVE_ROOT, with hub_cache_on_drive
 
 
 # ----------------------------------------------------------------------------- parameters and environment
 
 def config_from_parameters(config_file: str | None, knobs: Mapping[str, Any], mount_drive: bool | None = None,
-                           for_this_machine: bool = False) -> Config:
+                           for_this_machine: bool = False, hub_cache_on_drive: bool = False) -> Config:
     """The notebook's Config, by the one rule: the defaults, the config file (None: the homework's defaults),
     then the knobs that are set (a knob left at None keeps the file's value). In Colab (`mount_drive` None
-    means "in Colab"), a relative output_dir moves under Google Drive. With `for_this_machine`, a CPU runtime
-    loads without 4-bit (bitsandbytes needs a GPU)."""
+    means "in Colab"), a relative output_dir moves under Google Drive; with `hub_cache_on_drive`, so do the
+    downloaded models. With `for_this_machine`, a CPU runtime loads without 4-bit (bitsandbytes needs a GPU)."""
     speak_to("notebook")  # messages name notebook knobs (`resume = True`), not CLI flags
+    if hub_cache_on_drive:
+        print(hub_cache_to_drive())
     knobs = dict(knobs)
     if for_this_machine and not torch.cuda.is_available() and knobs.get("load_in_4bit") is None:
         if load_config(config_file, knobs, source="notebook").load_in_4bit:
@@ -51,15 +54,34 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
+def _mount_drive() -> None:
+    from google.colab import drive  # type: ignore[import-not-found]
+
+    drive.mount("/content/drive")
+
+
 def on_drive(output_dir: str, mount_drive: bool) -> str:
     """Where outputs go: with `mount_drive` in Colab, a relative output_dir moves under Google Drive
     (mounted here), so checkpoints survive a disconnect and the next notebook's runtime finds them."""
     if not (mount_drive and in_colab()):
         return output_dir
-    from google.colab import drive  # type: ignore[import-not-found]
-
-    drive.mount("/content/drive")
+    _mount_drive()
     return output_dir if Path(output_dir).is_absolute() else str(Path(DRIVE_ROOT) / output_dir)
+
+
+def hub_cache_to_drive() -> str:
+    """Keep the Hugging Face hub cache (downloaded models) on Google Drive: about 15 GB of Drive for Breeze and
+    slower loads (Drive reads slower than the runtime's disk), but no 15 GB download in each new runtime. Must
+    run before anything downloads: the hub reads HF_HUB_CACHE when it is imported."""
+    if not in_colab():
+        return "hub_cache_on_drive: only in Colab; the hub cache stays where it is"
+    _mount_drive()
+    cache = str(Path(DRIVE_ROOT) / HUB_CACHE_DIR)
+    os.environ["HF_HUB_CACHE"] = cache
+    if "huggingface_hub" in sys.modules:
+        return (f"hub_cache_on_drive: HF_HUB_CACHE={cache} takes effect after Runtime > Restart session "
+                "(the hub was imported already)")
+    return f"hub cache on Drive: {cache} (models downloaded once, kept across runtimes)"
 
 
 def describe_device() -> str:
@@ -130,25 +152,26 @@ def figure_path(cfg: Config, name: str) -> Path:
 
 @torch.no_grad()
 def attention_mask_demo(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str]) -> Table:
-    """Batch `texts` with left padding (as generation does) and compare each row's next-token logits:
-    alone, padded with the attention mask, and padded without it (the model then reads the pads)."""
+    """Batch `texts` with left padding (as generation does) and follow each row's next token: its most likely
+    token alone, and that token's probability alone, padded with the attention mask, and padded without it
+    (the model then reads the pads as text), with the most likely token without the mask."""
     from tangpoem.generate import left_pad
 
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(t)["input_ids"] for t in texts]
     batch = {k: v.to(device) for k, v in left_pad(encoded, tokenizer.pad_token_id).items()}
-    with_mask = model(**batch).logits[:, -1].float()
-    without_mask = model(input_ids=batch["input_ids"]).logits[:, -1].float()
+    with_mask = model(**batch).logits[:, -1].float().softmax(-1)
+    without_mask = model(input_ids=batch["input_ids"]).logits[:, -1].float().softmax(-1)
+    shown = lambda t: repr(tokenizer.decode([t]))[1:-1] or "∅"  # noqa: E731  (a newline token stays visible)
     rows = []
     for i, ids in enumerate(encoded):
-        alone = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
-        pads = batch["input_ids"].shape[1] - len(ids)
-        top = lambda logits: tokenizer.decode([int(logits.argmax())])  # noqa: E731
-        rows.append([texts[i], pads, top(alone), top(with_mask[i]), f"{(with_mask[i] - alone).abs().max():.2e}",
-                     top(without_mask[i]), f"{(without_mask[i] - alone).abs().max():.2e}"])
-    return Table(["text", "pads", "next (alone)", "next (mask)", "max |Δ| mask", "next (no mask)",
-                  "max |Δ| no mask"], rows)
+        alone = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().softmax(-1)
+        token = int(alone.argmax())
+        rows.append([texts[i], batch["input_ids"].shape[1] - len(ids), shown(token), f"{alone[token]:.4f}",
+                     f"{with_mask[i, token]:.4f}", f"{without_mask[i, token]:.4f}", shown(int(without_mask[i].argmax()))])
+    return Table(["text", "pads", "next token (alone)", "P alone", "P padded, with mask", "P padded, no mask",
+                  "next token (no mask)"], rows)
 
 
 # ----------------------------------------------------------------------------- 03: decoding
@@ -196,6 +219,18 @@ def next_token_distribution(model: torch.nn.Module, tokenizer: Any, cfg: Config,
     return NextTokenDistribution(couplet + answer_prefix, logits, top_ids, [tokenizer.decode([i]) for i in top_ids])
 
 
+def candidates_table(dist: NextTokenDistribution, top_k: int, top_p: float) -> Table:
+    """The shown candidates with their probabilities (T = 1), the running total that top-p cuts at, and
+    whether top-k and top-p keep each one (transformers' own warpers decide)."""
+    probs = dist.top_probs()
+    by_k, by_p = dist.kept(top_k=top_k), dist.kept(top_p=top_p)
+    rows, total = [], 0.0
+    for rank, (label, p, k, q) in enumerate(zip(dist.top_labels, probs, by_k, by_p), start=1):
+        total += p
+        rows.append([rank, repr(label)[1:-1], f"{p:.4f}", f"{total:.4f}", "✓" if k else "✗", "✓" if q else "✗"])
+    return Table(["rank", "token", "P 機率", "cumulative 累積", f"top_k = {top_k} keeps", f"top_p = {top_p:g} keeps"], rows)
+
+
 def compare_decoding(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplet: str,
                      variants: Mapping[str, Mapping[str, Any]]) -> Table:
     """The continuation of one couplet under several decoding settings (config overrides)."""
@@ -239,6 +274,39 @@ def row_tokens(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int]) 
 def rows_table(rows: Sequence[Any], limit: int = 3) -> Table:
     return Table(["#", "instruction", "input 上聯", "output 下文"],
                  [[i, r.instruction, r.input, r.output or ""] for i, r in enumerate(rows[:limit])])
+
+
+def shortest_and_longest(rows: Sequence[Any]) -> list[Any]:
+    """Two encoded rows of different lengths (the shortest and the longest), so a batch of them needs padding."""
+    by_length = sorted(rows, key=lambda r: len(r.input_ids))
+    return [by_length[0], by_length[-1]]
+
+
+def batch_table(batch: Mapping[str, torch.Tensor], tokenizer: Any, row: int = 0, before: int = 5, after: int = 3) -> Table:
+    """One row of a collated batch where its tokens end and its padding starts: `before` positions of the row's
+    end (answer, EOS) and `after` positions of padding, each with its input id, attention mask and label."""
+    ids, mask, labels = (batch[k][row].tolist() for k in ("input_ids", "attention_mask", "labels"))
+    end = mask.index(0) if 0 in mask else len(mask)  # right padding: the first pad
+    window = range(max(0, end - before), min(len(ids), end + after))
+    tokens = tokenizer.convert_ids_to_tokens([ids[i] for i in window])
+    return Table(["position", "token", "input_ids", "attention_mask", "labels"],
+                 [[i, repr(t)[1:-1], ids[i], mask[i], labels[i]] for i, t in zip(window, tokens)])
+
+
+def homework_prompt_length(tokenizer: Any, row: Any, cutoff_len: int, mode: str = "course") -> Table:
+    """The prompt's length as the homework measured it (tokenized with padding="max_length", so it always
+    equals cutoff_len and the mask covered the whole row) and as it is."""
+    from tangpoem.prompt import build_prompt
+    from tangpoem.tokens import encode_prompt
+
+    prompt = build_prompt(tokenizer, row.instruction, row.input, mode)
+    homework = len(tokenizer(prompt, truncation=True, max_length=cutoff_len + 1, padding="max_length")["input_ids"]) - 1
+    actual = len(encode_prompt(tokenizer, row.instruction, row.input, mode))
+    return Table(["measured 量法", "prompt tokens", "masked as prompt (-100)"], [
+        ['homework: tokenizer(prompt, padding="max_length", max_length=cutoff_len + 1) - 1', homework,
+         f"{homework} (every token of a row ≤ {cutoff_len} tokens)"],
+        ["tangpoem: tokens.encode_prompt (no padding)", actual, f"{actual} (the answer and EOS are learned)"],
+    ])
 
 
 # ----------------------------------------------------------------------------- 06: generation
@@ -299,15 +367,76 @@ def weight_memory(num_parameters: int) -> Table:
                  [[name, b, _size(num_parameters * b / 8), _size(BREEZE_PARAMETERS * b / 8)] for name, b in bits.items()])
 
 
-def lora_table(cfg: Config) -> Table:
-    """The LoRA knobs and what they mean for the adapters added to each target module."""
-    return Table(["knob", "value", "meaning 意義"], [
-        ["lora_r", cfg.lora_r, "rank of A (r×in) and B (out×r); the update is B·A"],
-        ["lora_alpha", cfg.lora_alpha, f"the update is scaled by alpha / r = {cfg.lora_alpha / cfg.lora_r:g}"],
-        ["lora_dropout", cfg.lora_dropout, "dropout on the adapter's input while training"],
-        ["lora_target_modules", ", ".join(cfg.lora_target_modules), "the linear layers that get adapters"],
-    ])
+# The fields the homework sets on each config object, and what they mean (TRL's notebooks comment each argument).
+QUANTIZATION_FIELDS = {
+    "load_in_4bit": "store the linear layers' weights in 4 bits",
+    "bnb_4bit_quant_type": "nf4: 16 levels at the quantiles of a normal distribution, as weights are spread",
+    "bnb_4bit_use_double_quant": "quantize the per-block scales too (~0.4 bit per weight saved)",
+    "bnb_4bit_compute_dtype": "each matmul dequantizes its block to this dtype (a T4: float16, no bf16)",
+    "bnb_4bit_quant_storage": "the tensor type that holds two 4-bit weights per byte",
+}
+LORA_FIELDS = {
+    "r": "rank of A (r × in) and B (out × r); the update is B·A",
+    "lora_alpha": "the update is scaled by lora_alpha / r",
+    "lora_dropout": "dropout on the adapter's input while training",
+    "target_modules": "the linear layers that get adapters",
+    "bias": "biases stay frozen",
+    "task_type": "CAUSAL_LM: next-token prediction (peft wraps the model as PeftModelForCausalLM)",
+}
+
+
+def fields_table(config: Any, fields: Mapping[str, str]) -> Table:
+    """The public fields of a real config object (BitsAndBytesConfig, LoraConfig) with what each means."""
+    def shown(value: Any) -> str:
+        if isinstance(value, (set, frozenset, list, tuple)):
+            return ", ".join(sorted(map(str, value)))
+        return str(value.value if hasattr(value, "value") else value)  # enums (TaskType) by their value
+
+    return Table([f"{type(config).__name__} field", "value", "meaning 意義"],
+                 [[name, shown(getattr(config, name)), meaning] for name, meaning in fields.items()])
+
+
+def parameters_table(model: torch.nn.Module) -> Table:
+    """The model's parameters by trainable or frozen and storage type, with their share: LoRA's trainable
+    matrices beside the frozen base (4-bit weights counted as weights, two per stored byte)."""
+    counts: dict[tuple[str, str], int] = {}
+    for param in model.parameters():
+        packed = param.__class__.__name__ == "Params4bit"
+        kind = ("trainable 訓練" if param.requires_grad else "frozen 凍結", "nf4 (in uint8)" if packed else str(param.dtype).removeprefix("torch."))
+        counts[kind] = counts.get(kind, 0) + param.numel() * (2 if packed else 1)
+    total = sum(counts.values())
+    return Table(["parameters 參數", "dtype", "count", "share 占比"],
+                 [[kind, dtype, f"{n:,}", f"{n / total:.2%}"] for (kind, dtype), n in sorted(counts.items(), reverse=True)])
 
 
 def poems_table(couplets: Sequence[str], poems: Sequence[str], heading: str = "continuation 續寫") -> Table:
     return Table(["couplet 上聯", heading], [[c, p] for c, p in zip(couplets, poems)])
+
+
+# ----------------------------------------------------------------------------- 07: grading
+
+def repair_notes(result: Any) -> str:
+    """What the grader repaired in results.txt (a repeated couplet, stray text ...) or left unscored (verses past
+    the answer's), one line each; or one line saying there was nothing to note."""
+    notes = [*result.notes, *(f"poem {p.index}: {note}" for p in result.poems for note in p.notes)]
+    if not notes:
+        return f"no repairs and no notes: every line of {result.path} was in the course's format"
+    heading = f"{len(notes)} note{'s' if len(notes) > 1 else ''} from the grader (repairs, and what it did not score) on {result.path}:"
+    return "\n".join([heading, *(f"- {note}" for note in notes)])
+
+
+def judge_table(result: Any, url: str | None, model: str | None, cache_dir: str | os.PathLike | None = None) -> Table:
+    """The LLM judge's format and content scores (0-10) per poem and the course's marks, or, when `url` and
+    `model` are not both set, how to turn it on."""
+    if not (url and model):
+        return Table(["LLM judge 評審"], [["off. To score each poem's format and content (0-10) as the course's GPT-4 judge did, "
+                                            'set judge_url (e.g. "http://127.0.0.1:8000/v1": vLLM, llama.cpp\'s server, OpenAI) and '
+                                            'judge_model in the parameters cell; the API key comes from the OPENAI_API_KEY environment variable.']])
+    from tangpoem.grade.judge import judge_file
+    from tangpoem.grade.judge_view import marks_line, score_text
+
+    judgement = judge_file(result, url, model, cache_dir=cache_dir)
+    rows = [[p.index, p.input, score_text(v.format_score), score_text(v.content_score), v.status, v.reason]
+            for p, v in zip(result.poems, judgement.verdicts)]
+    rows.append(["marks", marks_line(judgement), "", "", "", ""])
+    return Table(["#", "couplet 上聯", "format 格式", "content 內容", "status", f"reason ({model})"], rows)

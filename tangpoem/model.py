@@ -10,6 +10,7 @@ import torch
 
 from tangpoem.builtin import is_builtin, load_builtin_model, load_builtin_tokenizer
 from tangpoem.config import BREEZE, TAIDE, Config
+from tangpoem.console import no_weight_loading_bar
 from tangpoem.errors import InputError, say, setting
 from tangpoem.runtime import resolve_compute_dtype, resolve_device
 
@@ -71,6 +72,7 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
     device = device or resolve_device(cfg)
     dtype = resolve_compute_dtype(cfg, device)
     name = cfg.model_name_or_path
+    no_weight_loading_bar()
     if cfg.load_in_4bit and device.type != "cuda":
         raise InputError(f"config key 'load_in_4bit' = True: 4-bit NF4 needs a CUDA GPU; "
                          f"set {setting('load_in_4bit', False)} to run in float32 on the CPU")
@@ -120,8 +122,13 @@ def refuse_too_big_for_cpu(cfg: Config, available_bytes: int | None = None) -> N
 # ----------------------------------------------------------------------------- training preparation and LoRA
 
 def _checkpointing_on(model: torch.nn.Module) -> None:
-    # non-reentrant: works with frozen inputs and under DDP
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # non-reentrant: works with frozen inputs and under DDP. transformers 5.2x renamed gradient checkpointing to
+    # activation checkpointing (the old name warns until v6); 5.17 has only the old name.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()  # so checkpointed blocks see an input that needs grad
 
 
@@ -132,14 +139,14 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
 
     quantized = getattr(model, "is_loaded_in_4bit", False)
     if quantized and cfg.kbit_fp32_upcast:
-        # Current peft API (the homework's prepare_model_for_int8_training is gone): freezes every weight,
-        # casts the norms and embeddings to fp32 (stable in fp16), and turns on checkpointing with input gradients.
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
-    for param in model.parameters():
-        param.requires_grad_(False)
+        # Current peft API (the homework's prepare_model_for_int8_training is gone): freezes every weight and
+        # casts the norms and embeddings to fp32 (stable in fp16).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        _checkpointing_on(model)
+        _checkpointing_on(model)  # what peft would do with use_reentrant=False, by the current API name
     return model
 
 

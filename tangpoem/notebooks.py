@@ -25,6 +25,11 @@ from tangpoem.io import atomic_write_json, atomic_write_text, display_path
 from tangpoem.resources import NOTEBOOK_GLOB, checkout_notebooks, notebooks_dir
 
 KERNEL_NAME = "python3"  # passed explicitly: a kernel name stored in a notebook may not exist here
+# The kernel's own log goes to the runner's terminal, and nothing in it is for the user: every kernel started with
+# "Kernel is running over TCP without encryption" (papermill's kernels listen on 127.0.0.1 only, with signed
+# messages), and one slow to exit logged "KeyboardInterrupt caught in kernel" as jupyter_client stopped it. A
+# failing cell, or a kernel that died, is reported from the notebook by papermill (NotebookFailed below).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 CONFIG_FILE_PARAMETER = "config_file"
 
 
@@ -173,7 +178,7 @@ def _execute(notebooks: list[Path], runs: list[NotebookRun], declared: dict[Path
         try:
             papermill.execute_notebook(str(nb), run.output, kernel_name=KERNEL_NAME, language="python", cwd=str(out),
                                        parameters={k: v for k, v in values.items() if k in declared[nb]},
-                                       progress_bar=False)
+                                       progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
         except PapermillExecutionError as e:
             run.status, run.seconds, run.error = "failed", time.perf_counter() - started, _failure(nb, Path(run.output), e)
             write_index(out, cfg, runs)

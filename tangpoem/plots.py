@@ -1,14 +1,17 @@
 """Figures for the notebooks: each function takes plain data and returns a matplotlib Figure.
 
-Figures are built with `matplotlib.figure.Figure` (not pyplot), so nothing is shown or kept in
-global state until a notebook displays it; `save_png` writes one atomically. Chinese labels need a
-CJK font: WenQuanYi Micro Hei or Noto Sans CJK when installed, else matplotlib's default (boxes).
+Figures are built with `matplotlib.figure.Figure` (not pyplot), so nothing is shown or kept in global
+state until a notebook displays it. `save_png` writes one atomically and returns a `SavedFigure`, which
+Jupyter shows as the PNG itself (a bare Figure has no PNG formatter without pyplot's inline backend).
+Chinese labels use the CJK font shipped in tangpoem/fonts (a subset of Noto Sans CJK TC, SIL OFL), registered
+by path: it does not depend on the machine's fonts or on matplotlib's font cache.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,29 +21,25 @@ from matplotlib.ticker import MaxNLocator
 
 from tangpoem.io import atomic_write_bytes
 
-CJK_FONTS = ("WenQuanYi Micro Hei", "Noto Sans CJK TC", "Noto Sans CJK JP", "Noto Sans CJK SC", "Microsoft JhengHei")
+FONT_FILE = Path(__file__).resolve().parent / "fonts" / "TangpoemSansCJK-Regular.otf"  # scripts/make_cjk_font.py
+FONT_FAMILY = "Tangpoem Sans CJK"
+FALLBACK_FAMILY = "DejaVu Sans"  # matplotlib's own font: any character the subset lacks
 KEPT, DROPPED = "#2b7bba", "#d0d0d0"  # kept / filtered-out tokens
 LEARNED, MASKED = "#f4a259", "#e8eef4"  # tokens the loss sees / tokens it ignores
+SMOOTHING = 0.9  # the loss curve's exponential moving average (TensorBoard's default weight)
 
 
-def cjk_font() -> str | None:
-    """The first installed CJK font of CJK_FONTS, or None."""
+def use_cjk_font() -> str:
+    """Register the shipped CJK font by path and make it the figures' first font, DejaVu Sans second
+    (matplotlib takes each glyph from the first font that has it). Global, because tick labels are laid
+    out when a figure is drawn, which may be after our functions return."""
     from matplotlib import font_manager
 
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return next((name for name in CJK_FONTS if name in installed), None)
-
-
-def use_cjk_font() -> str | None:
-    """Put the installed CJK font first in matplotlib's sans-serif list (fonts are looked up when a
-    figure is drawn, which in Jupyter is after our functions return, so this must be global)."""
-    font = cjk_font()
-    if font:
-        rest = [f for f in matplotlib.rcParams["font.sans-serif"] if f != font]
-        matplotlib.rcParams["font.sans-serif"] = [font, *rest]
-        matplotlib.rcParams["font.family"] = "sans-serif"
-    matplotlib.rcParams["axes.unicode_minus"] = False  # the CJK fonts lack U+2212
-    return font
+    if not any(Path(f.fname) == FONT_FILE for f in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(str(FONT_FILE))
+    matplotlib.rcParams["font.family"] = [FONT_FAMILY, FALLBACK_FAMILY]
+    matplotlib.rcParams["axes.unicode_minus"] = False  # the CJK font's minus sign is the ASCII one
+    return FONT_FAMILY
 
 
 def _label(token: str) -> str:
@@ -80,18 +79,20 @@ def top_k_top_p_figure(top_labels: Sequence[str], probs: Sequence[float], kept_t
     cumulative = [sum(probs[: i + 1]) for i in x]
     use_cjk_font()
     fig = Figure(figsize=(12, 3.8), layout="constrained")
-    left, right = fig.subplots(1, 2, sharey=True)
+    left, right = fig.subplots(1, 2)
     left.bar(x, probs, color=[KEPT if k else DROPPED for k in kept_top_k])
-    left.set_title(f"top-k = {top_k}: keep the {top_k} most likely tokens ({sum(kept_top_k)} shown kept)")
+    left.set_title(f"top-k = {top_k}: keep the {top_k} most likely tokens ({sum(kept_top_k)} of {len(x)} shown kept)")
     right.bar(x, probs, color=[KEPT if k else DROPPED for k in kept_top_p])
     right.plot(x, cumulative, color="black", marker=".", linewidth=1, label="cumulative 累積機率")
     right.axhline(top_p, color="crimson", linestyle="--", linewidth=1, label=f"top_p = {top_p:g}")
-    right.set_title(f"top-p = {top_p:g}: keep the fewest tokens whose mass reaches p ({sum(kept_top_p)} kept)")
-    right.legend(loc="center right")
+    right.set_title(f"top-p = {top_p:g}: keep the fewest tokens whose mass reaches p ({sum(kept_top_p)} of {len(x)} kept)")
+    right.legend(loc="upper left")
     for ax in (left, right):
         ax.set_xticks(x, [_label(s) for s in top_labels], fontsize=9)
-        ax.set_ylim(0, 1.05)
+    left.set_ylim(0, max(probs, default=1) * 1.15)  # a flat distribution's bars stay visible
+    right.set_ylim(0, max([*cumulative, top_p], default=1) * 1.25)  # room for the legend above the curve
     left.set_ylabel("probability 機率")
+    right.set_ylabel("probability 機率 / cumulative 累積")
     fig.suptitle("Blue 藍: may be sampled 可被抽樣   Grey 灰: filtered out 被濾掉")
     return fig
 
@@ -146,21 +147,39 @@ def label_mask_figure(tokens: Sequence[str], learned: Sequence[bool], per_line: 
 
 # ----------------------------------------------------------------------------- training
 
+def smoothed(values: Sequence[float], weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average with TensorBoard's bias correction: the first points are not pulled
+    towards zero, and a constant series stays constant."""
+    out, average = [], 0.0
+    for n, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**n))
+    return out
+
+
 def loss_figure(history: Sequence[Mapping[str, float]]) -> Figure:
-    """Training loss per optimizer step, with the learning-rate schedule on a second axis."""
+    """Training loss per optimizer step (faint) and its moving average (bold), with the learning-rate
+    schedule on a second axis. The title quotes the smoothed loss: a single step's loss is noisy."""
     steps = [h["step"] for h in history]
+    losses = [h["loss"] for h in history]
     use_cjk_font()
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.plot(steps, [h["loss"] for h in history], marker="." if len(steps) < 50 else None, color=KEPT)
+    ax.plot(steps, losses, marker="." if len(steps) < 50 else None, color=KEPT, alpha=0.35, linewidth=1,
+            label="loss per step 每步")
+    ax.plot(steps, smoothed(losses), color=KEPT, linewidth=2.2, label=f"smoothed 平滑 (EMA {SMOOTHING:g})")
     ax.set_xlabel("optimizer step 更新步數")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("training loss 訓練損失", color=KEPT)
     lr_ax = ax.twinx()
-    lr_ax.plot(steps, [h["learning_rate"] for h in history], color="grey", linestyle=":")
+    lr_ax.plot(steps, [h["learning_rate"] for h in history], color="grey", linestyle=":", label="learning rate 學習率")
     lr_ax.set_ylabel("learning rate 學習率", color="grey")
-    ax.set_title(f"loss curve 損失曲線: {len(steps)} steps, last loss {history[-1]['loss']:.3f}" if history
-                 else "loss curve: no steps recorded")
+    if history:
+        fig.legend(loc="outside lower center", ncols=3, fontsize=8)
+        ax.set_title(f"loss curve 損失曲線: smoothed loss {smoothed(losses)[-1]:.3f} at step {steps[-1]} "
+                     f"(from {smoothed(losses)[0]:.3f}; last step alone {losses[-1]:.3f})")
+    else:
+        ax.set_title("loss curve 損失曲線: no steps recorded")
     return fig
 
 
@@ -197,8 +216,28 @@ def validation_figure(history: Sequence[Mapping[str, float]], evaluations: Seque
     return fig
 
 
-def save_png(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write the figure as a PNG (atomically, so a reader never sees half a file)."""
+@dataclass(frozen=True)
+class SavedFigure:
+    """A figure written to `path`; Jupyter shows it as the PNG (the same bytes as the file)."""
+
+    path: Path
+    png: bytes
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"<figure saved to {self.path}>"
+
+
+def save_png(fig: Figure, path: str | os.PathLike) -> SavedFigure:
+    """Write the figure as a PNG (atomically, so a reader never sees half a file); the notebook cell's last
+    line, so that the figure shows where it is made."""
+    use_cjk_font()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return atomic_write_bytes(path, buffer.getvalue())
+    fig.savefig(buffer, format="png", dpi=110)
+    png = buffer.getvalue()
+    return SavedFigure(atomic_write_bytes(path, png), png)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,10 @@ class Table:
 
     def _repr_markdown_(self) -> str:
         def cell(value: Any) -> str:
-            return self._text(value).replace("|", "\\|").replace("\n", "<br>")
+            # Tokens such as <s> and </s> are text, not HTML tags (which Jupyter would drop), and * _ ` $ | stay
+            # literal instead of starting emphasis, code, maths or a new column.
+            text = html.escape(self._text(value), quote=False)
+            return re.sub(r"([\\*_`$|])", r"\\\1", text).replace("\n", "<br>")
 
         lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import matplotlib
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -29,8 +32,9 @@ def test_figures_are_built_from_plain_data(tmp_path):
     }
     for name, fig in figures.items():
         assert isinstance(fig, Figure), name
-        path = plots.save_png(fig, tmp_path / "figures" / f"{name}.png")
-        assert path.read_bytes()[:8] == PNG
+        saved = plots.save_png(fig, tmp_path / "figures" / f"{name}.png")
+        assert saved.path.read_bytes()[:8] == PNG
+        assert saved._repr_png_() == saved.path.read_bytes()  # Jupyter shows the very PNG that was written
     assert len(figures["temperature"].axes) == 2
     assert "2 learned" in figures["mask"].axes[0].get_title()
     assert "1 rows over cutoff_len" in figures["lengths"].axes[1].get_title()
@@ -43,13 +47,74 @@ def test_blank_and_newline_tokens_stay_visible():
     assert plots._label(" ") == "' '" and plots._label("\n") == "\\n" and plots._label("春") == "春"
 
 
-def test_cjk_font_is_used_when_installed():
-    import matplotlib
+def test_a_saved_figure_shows_as_png_in_jupyter(tmp_path):
+    """IPython's formatter finds the PNG (a bare Figure had none without pyplot's inline backend)."""
+    from IPython.core.formatters import DisplayFormatter
 
-    font = plots.use_cjk_font()
-    if font is None:
-        pytest.skip("no CJK font installed")
-    assert matplotlib.rcParams["font.sans-serif"][0] == font
+    saved = plots.save_png(plots.loss_figure([{"step": 1, "loss": 3.0, "learning_rate": 1e-4}]), tmp_path / "f.png")
+    data, _ = DisplayFormatter().format(saved)
+    assert data["image/png"] == (tmp_path / "f.png").read_bytes()
+    assert data["text/plain"] == f"<figure saved to {tmp_path / 'f.png'}>"
+
+
+def _cjk(text: str) -> set[str]:
+    return {c for c in text if "\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef"}
+
+
+def test_the_shipped_cjk_font_covers_the_course_the_corpus_and_the_labels(course_dir):
+    """Every Chinese character the figures can show: the course files, the prompt, nano's vocabulary (the
+    全唐詩 corpus it was trained on) and the labels in the code that draws figures and notebooks."""
+    from fontTools.ttLib import TTFont
+
+    from tangpoem import nano
+    from tangpoem.prompt import INSTRUCTION, SYSTEM_PROMPT
+
+    font = TTFont(plots.FONT_FILE)
+    covered = {chr(c) for c in font.getBestCmap()}
+    assert font["name"].getDebugName(1) == plots.FONT_FAMILY
+    assert plots.FONT_FILE.stat().st_size < 4_000_000  # "a few MB": the wheel carries it
+    assert (plots.FONT_FILE.parent / "OFL.txt").read_text(encoding="utf-8").count("SIL OPEN FONT LICENSE Version 1.1") == 1
+    wanted = _cjk(SYSTEM_PROMPT + INSTRUCTION)
+    for name in ("Tang_training_data.json", "Tang_testing_data.json", "Tang_testing_gt.txt"):
+        wanted |= _cjk((course_dir / name).read_text(encoding="utf-8"))
+    wanted |= _cjk("".join(nano.load_tokenizer().get_vocab()))
+    repo = plots.FONT_FILE.parent.parent.parent
+    for source in ("tangpoem/plots.py", "tangpoem/lessons.py", "scripts/build_notebooks.py"):
+        wanted |= _cjk((repo / source).read_text(encoding="utf-8"))
+    assert sorted(wanted - covered) == []
+
+
+def test_figures_draw_chinese_without_missing_glyphs_even_with_a_stale_font_cache(tmp_path, course_dir):
+    """The font is registered by path: with it gone from matplotlib's font list (a cache made before it was
+    installed), figures still find it, and no label falls back to boxes (matplotlib's "Glyph ... missing")."""
+    import warnings
+
+    from matplotlib import font_manager
+
+    from tangpoem.data import load_train_rows
+
+    font_manager.fontManager.ttflist[:] = [f for f in font_manager.fontManager.ttflist if f.name != plots.FONT_FAMILY]
+    rows = load_train_rows(str(course_dir), 30)
+    labels = list(dict.fromkeys("".join(r.output for r in rows)))[:20]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph is a UserWarning
+        for name, fig in {
+            "temperature": plots.temperature_figure(labels, {0.5: [0.05] * 20, 2.0: [0.05] * 20}),
+            "mask": plots.label_mask_figure(list(rows[0].instruction + rows[0].input), [False] * 40, per_line=20),
+            "lengths": plots.length_figure([len(r.output) for r in rows], [100, 200], 256),
+        }.items():
+            plots.save_png(fig, tmp_path / f"{name}.png")
+    used = font_manager.fontManager._find_fonts_by_props(font_manager.FontProperties(family=matplotlib.rcParams["font.family"]))
+    assert [Path(p).name for p in used][0] == plots.FONT_FILE.name
+
+
+def test_the_loss_curve_is_smoothed_and_titled_with_the_smoothed_loss():
+    history = [{"step": s, "loss": loss, "learning_rate": 1e-4} for s, loss in enumerate([4.0, 2.0, 4.0, 2.0, 4.0, 2.0], start=1)]
+    assert plots.smoothed([3.0, 3.0, 3.0]) == pytest.approx([3.0, 3.0, 3.0])  # bias-corrected: a constant stays put
+    smooth = plots.smoothed([h["loss"] for h in history])
+    assert smooth[0] == 4.0 and 2.0 < smooth[-1] < 4.0 and smooth[-1] != 2.0
+    title = plots.loss_figure(history).axes[0].get_title()
+    assert f"smoothed loss {smooth[-1]:.3f} at step 6" in title and "last step alone 2.000" in title
 
 
 def test_kept_tokens_match_transformers_warpers():
@@ -90,10 +155,16 @@ def test_on_drive_is_a_no_op_outside_colab():
     assert notebook.on_drive("outputs/run", mount_drive=True) == "outputs/run"
 
 
-def test_quantization_config_is_the_homeworks():
+def test_quantization_config_is_the_homeworks_and_shows_its_public_fields():
     pytest.importorskip("bitsandbytes")
-    q = notebook.quantization_config_for(notebook.config_from_parameters(None, {})).to_dict()
-    assert q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] and q["load_in_4bit"]
+    q = notebook.quantization_config_for(notebook.config_from_parameters(None, {}))
+    assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant and q.load_in_4bit
+    table = notebook.fields_table(q, notebook.QUANTIZATION_FIELDS)
+    assert [row[:2] for row in table.rows] == [["load_in_4bit", "True"], ["bnb_4bit_quant_type", "nf4"],
+                                               ["bnb_4bit_use_double_quant", "True"], ["bnb_4bit_compute_dtype", "torch.float16"],
+                                               ["bnb_4bit_quant_storage", "torch.uint8"]]
+    q.bnb_4bit_quant_type = "fp4"  # the table reads the real object's public fields (not to_dict()'s private keys)
+    assert notebook.fields_table(q, notebook.QUANTIZATION_FIELDS).rows[1][:2] == ["bnb_4bit_quant_type", "fp4"]
 
 
 def test_prepare_data_never_replaces_files_that_are_there(tmp_path, course_dir):

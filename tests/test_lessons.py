@@ -1,0 +1,160 @@
+"""The notebooks' cell helpers show what their prose says, on the tiny model and the course data."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from tangpoem import lessons
+from tangpoem.config import load_config
+from tangpoem.tokens import IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tangpoem.model import load_base_model, load_tokenizer
+
+    cfg = load_config("tiny-cpu")
+    return cfg, load_base_model(cfg), load_tokenizer(cfg)
+
+
+def test_the_batch_table_shows_where_a_row_ends_and_its_padding_starts(tiny, course_dir):
+    from tangpoem.data import load_train_rows
+    from tangpoem.tokens import collate, encode_training_rows
+
+    cfg, _, tokenizer = tiny
+    encoded = encode_training_rows(tokenizer, load_train_rows(str(course_dir), 16), cfg.cutoff_len)
+    short, long = lessons.shortest_and_longest(encoded.rows)
+    assert len(short.input_ids) < len(long.input_ids)
+    table = lessons.batch_table(collate([short, long], tokenizer.pad_token_id), tokenizer, row=0, before=5, after=3)
+    masks, labels = [row[3] for row in table.rows], [row[4] for row in table.rows]
+    assert masks == [1] * 5 + [0] * 3
+    assert labels[5:] == [IGNORE_INDEX] * 3 and labels[4] == tokenizer.eos_token_id  # EOS is learned, pads are not
+    assert table.rows[4][1] == tokenizer.eos_token and table.rows[5][1] == tokenizer.pad_token == "<unk>"
+
+
+def test_the_candidates_table_gives_probabilities_and_what_each_filter_keeps():
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    dist = lessons.NextTokenDistribution("ctx", logits, [0, 1, 2, 3], ["春", "\n", "花", "月"])
+    table = lessons.candidates_table(dist, top_k=2, top_p=0.6)
+    assert [row[1] for row in table.rows] == ["春", "\\n", "花", "月"]  # a newline token stays visible
+    assert [row[2] for row in table.rows] == ["0.4000", "0.3000", "0.2000", "0.1000"]
+    assert [row[3] for row in table.rows] == ["0.4000", "0.7000", "0.9000", "1.0000"]
+    assert [row[4] for row in table.rows] == ["✓", "✓", "✗", "✗"] and [row[5] for row in table.rows] == ["✓", "✓", "✗", "✗"]
+
+
+def test_the_attention_mask_demo_matches_with_the_mask_and_moves_without_it():
+    """On nano (a trained model, so the probabilities mean something): notebook 02's two rows."""
+    from tangpoem.model import load_base_model, load_tokenizer
+
+    cfg = load_config("nano-cpu")
+    model, tokenizer = load_base_model(cfg), load_tokenizer(cfg)
+    padded, unpadded = lessons.attention_mask_demo(model, tokenizer, ["相見時難", "相見時難別亦難，東風無力百花殘。"]).rows
+    assert padded[1] == 12 and unpadded[1] == 0
+    alone, masked, unmasked = (float(v) for v in padded[3:6])
+    assert masked == pytest.approx(alone, abs=1e-4) and abs(unmasked - alone) > 0.05
+    assert padded[6] != padded[2]  # without the mask, another token is the likeliest
+    assert float(unpadded[3]) == float(unpadded[4]) == float(unpadded[5])
+
+
+def test_the_parameters_table_counts_what_peft_counts(tiny):
+    from tangpoem.model import add_lora, load_base_model
+
+    cfg, _, _ = tiny
+    model = add_lora(load_base_model(cfg), cfg)
+    trainable, total = model.get_nb_trainable_parameters()
+    table = lessons.parameters_table(model)
+    counts = {row[0]: int(row[2].replace(",", "")) for row in table.rows}
+    assert counts == {"trainable 訓練": trainable, "frozen 凍結": total - trainable}
+    assert [row[1] for row in table.rows] == ["float32", "float32"]
+
+
+def test_the_lora_table_reads_the_real_lora_config(tiny):
+    from tangpoem.model import lora_config
+
+    cfg, _, _ = tiny
+    rows = {row[0]: row[1] for row in lessons.fields_table(lora_config(cfg), lessons.LORA_FIELDS).rows}
+    assert rows["r"] == str(cfg.lora_r) and rows["lora_alpha"] == str(cfg.lora_alpha)
+    assert rows["target_modules"] == ", ".join(sorted(cfg.lora_target_modules)) and rows["task_type"] == "CAUSAL_LM"
+
+
+def test_the_homeworks_prompt_length_is_always_cutoff_len(tiny, course_dir):
+    from tangpoem.data import load_train_rows
+    from tangpoem.tokens import encode_prompt
+
+    cfg, _, tokenizer = tiny
+    row = load_train_rows(str(course_dir), 1)[0]
+    homework, ours = lessons.homework_prompt_length(tokenizer, row, 256).rows
+    assert homework[1] == 256 and ours[1] == len(encode_prompt(tokenizer, row.instruction, row.input)) < 256
+
+
+def _grade(tmp_path, course_dir, lines):
+    from tangpoem.grade import grade_paths
+
+    results = tmp_path / "results.txt"
+    results.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return grade_paths([results], course_dir / "Tang_testing_gt.txt", course_dir / "Tang_testing_data.json").files[0]
+
+
+def test_repair_notes_only_when_something_was_repaired(tmp_path, course_dir):
+    from tangpoem.data import load_test_rows
+
+    rows = load_test_rows(str(course_dir))
+    clean = _grade(tmp_path, course_dir, [f"{n}. {r.input}春風一夜來。" for n, r in enumerate(rows, start=1)])
+    assert lessons.repair_notes(clean).startswith("no repairs and no notes")
+    repeated = [f"{n}. {r.input}{r.input if n == 3 else ''}春風一夜來。" for n, r in enumerate(rows, start=1)]
+    notes = lessons.repair_notes(_grade(tmp_path, course_dir, repeated))
+    assert notes.startswith("1 note from the grader") and "- poem 3: input couplet repeated 2 times" in notes
+
+
+def test_the_judge_cell_says_how_to_turn_it_on(tmp_path, course_dir):
+    from tangpoem.data import load_test_rows
+
+    rows = load_test_rows(str(course_dir))
+    result = _grade(tmp_path, course_dir, [f"{n}. {r.input}春風一夜來。" for n, r in enumerate(rows, start=1)])
+    for url, model in ((None, None), ("http://127.0.0.1:9/v1", None)):
+        table = lessons.judge_table(result, url, model)
+        assert "set judge_url" in table.rows[0][0] and "judge_model" in table.rows[0][0]
+    assert result.judge is None  # nothing was asked
+
+
+def test_hub_cache_on_drive_is_set_in_colab_only(monkeypatch):
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    assert "only in Colab" in lessons.hub_cache_to_drive()
+    mounted = []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    message = lessons.hub_cache_to_drive()
+    import os
+
+    assert os.environ["HF_HUB_CACHE"] == f"{lessons.DRIVE_ROOT}/{lessons.HUB_CACHE_DIR}" and mounted == ["/content/drive"]
+    assert "Restart session" in message  # this test process imported huggingface_hub already
+
+
+def test_notebook_messages_name_notebook_knobs(tmp_path):
+    """After the config cell, a message that names a setting names the notebook's knob, not the CLI flag."""
+    from tangpoem.errors import InputError
+    from tangpoem.train import resume_point
+
+    from tangpoem.checkpoints import ADAPTER_FILE, STATE_FILE
+
+    (tmp_path / "checkpoint-2").mkdir()
+    for name in (ADAPTER_FILE, STATE_FILE):
+        (tmp_path / "checkpoint-2" / name).write_bytes(b"")
+    from tangpoem.model import load_base_model
+
+    lessons.config_from_parameters("tiny-cpu", {})
+    try:
+        with pytest.raises(InputError, match="`resume = True`"):
+            resume_point(tmp_path, False, print)
+        with pytest.raises(InputError, match="set `load_in_4bit = False` to run in float32 on the CPU"):
+            load_base_model(load_config("tiny-cpu", {"load_in_4bit": True}))
+    finally:
+        from tangpoem.errors import speak_to
+
+        speak_to("cli")
