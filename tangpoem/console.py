@@ -46,13 +46,6 @@ class _DropMessages(logging.Filter):
 # never runs a 4-bit layer on a CPU (4-bit needs CUDA here), so the advice does not apply.
 _BITSANDBYTES_CPU_KERNELS = _DropMessages("Failed to load CPU gemm_4bit_forward from kernels-community")
 
-# transformers' GenerationConfig.validate: greedy decoding with top_k=0. tangpoem.generate.fast_generation_config
-# sets temperature/top_k/top_p to neutral values (its LogitsProcessors apply the real ones) and transformers'
-# default top_k is 50, so every greedy call (notebook 03's comparisons) logged this. Only this exact list is
-# dropped: any other flag still warns. It goes once generate.py leaves top_k alone when do_sample is False.
-_NEUTRAL_TOP_K = _DropMessages("The following generation flags are not valid and may be ignored: ['top_k'].")
-
-
 def quiet_libraries() -> None:
     """Install the filters above (idempotent)."""
     # tqdm.auto warns "IProgress not found" once per kernel without ipywidgets; transformers imports tqdm.auto
@@ -62,7 +55,11 @@ def quiet_libraries() -> None:
     # (`is_activation_checkpointing`; the old name warns until v6). Not ours to rename; our own calls use the new names.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_BITSANDBYTES_CPU_KERNELS)
-    logging.getLogger("transformers.generation.configuration_utils").addFilter(_NEUTRAL_TOP_K)
+    # torch 2.11: replaying a captured backward (cuda_graphs) whose AccumulateGrad nodes were made by the capture's
+    # warm-up products on a side stream warns once per process that their stream differs from the default one.
+    # The captured graph replays on its own stream by design (tests/test_gpu.py checks its gradients against eager
+    # sdpa); the message tells users of `tangpoem train --config breeze-h100` nothing they can act on.
+    warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match", category=UserWarning)
 
 
 def _without_weight_loading_bar(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -56,7 +56,8 @@ def fast_generation_config(cfg: Config, tokenizer: Any) -> tuple[Any, Any]:
     gen_config = generation_config(cfg, tokenizer)
     # Neutral values, not None: None would let transformers fill in its defaults (top_k=50) after ours.
     gen_config.no_repeat_ngram_size = 0
-    gen_config.temperature, gen_config.top_k, gen_config.top_p = 1.0, 0, 1.0
+    if cfg.do_sample:  # greedy decoding has no warpers to neutralize (and transformers flags sampling values beside it)
+        gen_config.temperature, gen_config.top_k, gen_config.top_p = 1.0, 0, 1.0
     if cfg.static_cache:  # fixed shapes and addresses: `generate` replays the decode step as a CUDA graph
         gen_config.cache_implementation = "static"
     stop_eos = tokenizer.eos_token_id if cfg.stop_by_probability else None

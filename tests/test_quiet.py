@@ -49,17 +49,23 @@ def test_the_bitsandbytes_kernels_advice_alone_is_dropped():
     assert _emitted(name, "some other bitsandbytes warning")
 
 
-def test_greedy_generation_config_warns_only_for_other_flags(caplog):
-    """tangpoem's greedy config (top_k=0 beside do_sample=False) no longer logs; any other invalid flag still does."""
+def test_greedy_generation_raises_no_flag_warning(caplog):
+    """tangpoem's greedy generation config sets no sampling values, so transformers has nothing to flag; a
+    config that does set one still warns (nothing of transformers' own checks is filtered)."""
     from transformers import GenerationConfig
 
-    import tangpoem  # noqa: F401
+    from tangpoem.config import Config
+    from tangpoem.generate import fast_generation_config
+    from tangpoem.model import load_tokenizer
 
+    tokenizer = load_tokenizer(Config(model_name_or_path="tiny-mistral"))
     with caplog.at_level(logging.WARNING, logger="transformers"):
-        GenerationConfig(do_sample=False, top_k=0, temperature=1.0, top_p=1.0).validate()
+        fast_generation_config(Config(do_sample=False), tokenizer)[0].validate()
+        fast_generation_config(Config(do_sample=True), tokenizer)[0].validate()
     assert not [r for r in caplog.records if "generation flags" in r.getMessage()]
-    assert _emitted("transformers.generation.configuration_utils",
-                    "The following generation flags are not valid and may be ignored: ['top_p'].")
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        GenerationConfig(do_sample=False, top_k=0).validate()
+    assert [r for r in caplog.records if "generation flags" in r.getMessage()]
 
 
 def test_lora_on_a_checkpointed_model_warns_nothing():
@@ -86,3 +92,19 @@ def test_loading_a_model_draws_no_weight_loading_bar(capfd):
     load_base_model(load_config("nano-cpu"))
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "it/s" not in err, err[-500:]
+
+
+def test_the_captured_backwards_stream_warning_alone_is_dropped():
+    """torch's note on a captured backward's AccumulateGrad stream (seen in `tangpoem train --config breeze-h100`
+    on the GPU) is dropped; another UserWarning still shows."""
+    import tangpoem  # noqa: F401  (installs the filters)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        from tangpoem.console import quiet_libraries
+
+        quiet_libraries()  # catch_warnings reset the filters: install them inside, as tangpoem's import does
+        warnings.warn("The AccumulateGrad node's stream does not match the stream of the node that produced the "
+                      "incoming gradient.", UserWarning)
+        warnings.warn("some other user warning", UserWarning)
+    assert [str(w.message) for w in caught] == ["some other user warning"]
