@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from tangpoem.checkpoints import HISTORY_FILE, list_checkpoints, save_checkpoint
+from tangpoem.checkpoints import HISTORY_FILE, list_checkpoints, save_checkpoint, touch_lock
 from tangpoem.console import interactive
 from tangpoem.errors import RunError, setting
 from tangpoem.evaluate import EVAL_HISTORY_FILE, describe_figures, evaluations_without_improvement
@@ -132,13 +132,16 @@ def _saves(run: Run, step: int) -> bool:
 
 
 class History(Callback):
-    """Every step's record into run.history; loss_history.json rewritten at each log step and at the end."""
+    """Every step's record into run.history; loss_history.json rewritten at each log step and at the end; the
+    output_dir's lock touched at each step."""
 
     def on_step_end(self, run: Run, record: Record) -> None:
         run.history.append(record)
         run.timings.setdefault("first_step_seconds", time.perf_counter() - run.started)
-        if _logs(run, int(record["step"])) and run.ranks.is_main:
-            atomic_write_json(run.output_dir / HISTORY_FILE, run.history)
+        if run.ranks.is_main:
+            touch_lock(run.output_dir)  # the output_dir's lock stays fresh while steps go on
+            if _logs(run, int(record["step"])):
+                atomic_write_json(run.output_dir / HISTORY_FILE, run.history)
 
     def on_train_end(self, run: Run) -> None:
         if run.ranks.is_main:

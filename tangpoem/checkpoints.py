@@ -235,10 +235,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+LOCK_STALE_SECONDS = 600  # a lock its run has not touched for this long is stale (the run touches it every step)
+
+
 def _holder(lock: Path) -> dict[str, Any] | None:
-    """The lock's holder, or None if it is stale: its process is gone (same host), or the file is unreadable
-    and older than a minute (a writer killed between creating and filling it)."""
+    """The lock's holder, or None if it is stale: its process is gone (this host); or, from another host (a
+    Colab runtime after a disconnect is a new host, its output_dir on Drive), it has not been touched for
+    LOCK_STALE_SECONDS; or the file is unreadable and older than a minute (a writer killed between creating
+    and filling it)."""
     try:
+        age = time.time() - lock.stat().st_mtime
         holder = json.loads(lock.read_text(encoding="utf-8"))
         if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
             raise ValueError
@@ -246,9 +252,15 @@ def _holder(lock: Path) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError):
         return {"pid": "?", "host": "?", "started": "?"} if time.time() - lock.stat().st_mtime < 60 else None
-    if holder.get("host") == socket.gethostname() and not _alive(holder["pid"]):
-        return None
-    return holder
+    if holder.get("host") == socket.gethostname():
+        return holder if _alive(holder["pid"]) else None
+    return holder if age < LOCK_STALE_SECONDS else None
+
+
+def touch_lock(output_dir: Path) -> None:
+    """The run holding `output_dir` says it is alive (a lock left untouched by another host goes stale)."""
+    with contextlib.suppress(OSError):
+        os.utime(output_dir / LOCK_FILE)
 
 
 @contextlib.contextmanager
@@ -265,9 +277,11 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
             if holder is None:
                 lock.unlink(missing_ok=True)  # stale: take it over
                 continue
+            elsewhere = ("" if holder.get("host") == socket.gethostname() else
+                         f"; it is taken over {LOCK_STALE_SECONDS // 60} minutes after that run's last step")
             raise InputError(f"{display_path(output_dir)}: another run is training into it (pid {holder.get('pid')} on "
                              f"{holder.get('host')}, since {holder.get('started')}); wait for it to end, or choose another "
-                             f"output_dir (if that run is gone, delete {LOCK_FILE})") from None
+                             f"output_dir (if that run is gone, delete {LOCK_FILE}{elsewhere})") from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(me, f)
         break

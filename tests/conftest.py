@@ -45,3 +45,14 @@ def tiny_config(tmp_path: Path, course_dir: Path):
         return load_config(REPO / "configs" / "tiny-cpu.yaml", values)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def messages_speak_to_the_command_line():
+    """Each test starts with messages worded for the CLI: a notebook helper run in-process earlier
+    (lessons.config_from_parameters) switches them to notebook wording for the rest of the process."""
+    from tangpoem.errors import speak_to
+
+    speak_to("cli")
+    yield
+    speak_to("cli")

@@ -102,6 +102,39 @@ def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_first(train
     assert not (out / LOCK_FILE).exists()
 
 
+def test_a_lock_from_another_host_goes_stale_once_untouched(tmp_path, capsys):
+    """A Colab runtime after a disconnect is another host, its output_dir on Drive: the old runtime's lock is
+    respected while fresh, and taken over once untouched for LOCK_STALE_SECONDS."""
+    from tangpoem.checkpoints import LOCK_STALE_SECONDS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / LOCK_FILE
+    lock.write_text(json.dumps({"pid": 12345, "host": "colab-runtime-before-the-disconnect", "started": "then"}))
+    assert _train(out, steps=2) == 2
+    assert "another run is training into it (pid 12345 on colab-runtime-before-the-disconnect" in _one_error_line(capsys)
+    old = time.time() - LOCK_STALE_SECONDS - 1
+    os.utime(lock, (old, old))
+    assert _train(out, steps=2) == 0
+    assert not lock.exists() and list_checkpoints(out)
+
+
+def test_a_training_run_touches_its_lock_every_step(tiny_config):
+    from tangpoem.train import train
+
+    cfg = tiny_config(num_train_data=16, max_steps=3)
+    lock = Path(cfg.output_dir) / LOCK_FILE
+    ages = []
+
+    def age_the_lock(step, record):
+        ages.append(time.time() - lock.stat().st_mtime)
+        old = time.time() - 1000
+        os.utime(lock, (old, old))  # as if untouched for long: the next step must touch it again
+
+    train(cfg, on_step_end=[age_the_lock])
+    assert len(ages) == 3 and all(age < 100 for age in ages), ages
+
+
 def test_two_runs_started_together_never_share_an_output_dir(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -141,11 +141,16 @@ def test_notebook_messages_name_notebook_knobs(tmp_path):
     from tangpoem.errors import InputError
     from tangpoem.train import resume_point
 
-    from tangpoem.checkpoints import ADAPTER_FILE, STATE_FILE
+    import torch
+    from safetensors.torch import save_file
 
-    (tmp_path / "checkpoint-2").mkdir()
-    for name in (ADAPTER_FILE, STATE_FILE):
-        (tmp_path / "checkpoint-2" / name).write_bytes(b"")
+    from tangpoem.checkpoints import ADAPTER_CONFIG_FILE, ADAPTER_FILE, STATE_FILE
+
+    folder = tmp_path / "checkpoint-2"  # a complete checkpoint (a damaged one would be skipped, not refused)
+    folder.mkdir()
+    torch.save({"step": 2}, folder / STATE_FILE)
+    (folder / ADAPTER_CONFIG_FILE).write_text("{}", encoding="utf-8")
+    save_file({"w": torch.zeros(1)}, str(folder / ADAPTER_FILE))
     from tangpoem.model import load_base_model
 
     lessons.config_from_parameters("tiny-cpu", {})
