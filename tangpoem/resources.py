@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 # The repository students fork and Colab installs from: the notebooks' install cell, their Colab badges and
-# the README take it from here (`python scripts/build_notebooks.py --repo-url URL` points them at a fork).
+# the README take it from here (a fork changes it, then re-runs scripts/build_notebooks.py and scripts/build_readme.py).
 REPO_URL = "https://github.com/tangpoem/tangpoem"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # numbered, run in name order
 
