@@ -45,7 +45,12 @@ def test_a_nano_run_scores_each_save_and_best_picks_the_best_figure(tmp_path, co
         assert len(saved["samples"]) == 4 and all(s["prediction"] for s in saved["samples"])
         assert EVAL_FILE in json.loads((checkpoint / "manifest.json").read_text())["files"]
         assert 0 <= figures["char_f1"] <= 1 and 0 <= figures["form"] <= 1 and figures["val_loss"] > 0
-    assert history[-1]["val_loss"] < history[0]["val_loss"]  # nano learns something the held-out rows show
+    # Each save is scored with its own adapter. (Whether the loss falls is not asserted: nano 2 was pre-trained
+    # with continuation requests, so the course rows' validation loss starts near where the whole fine-tune ends,
+    # 3.26 after 65 steps in benchmarks/results/nano-heldout.json; what fine-tuning changes is docs/nano.md's.)
+    assert len({e["val_loss"] for e in history}) == 3
+    samples = [[s["prediction"] for s in checkpoint_evaluation(c)["samples"]] for c in list_checkpoints(out)]
+    assert samples[0] != samples[-1]
 
     for metric, choose in (("val_loss", min), ("char_f1", max), ("char_f1+pingze", max), ("rhyme", max)):
         values = [metric_value(e, metric) for e in history]
