@@ -96,7 +96,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     size = cfg.generation_batch_size
     longest = max((len(p) for p in prompts), default=0) + cfg.max_new_tokens
     graphs = graphed_decoding(model, longest) if cfg.static_cache else contextlib.nullcontext()
-    # cuDNN's attention plans every new shape: the prompt's forward took 1.6 s with it on an H200, 0.04 s once planned
+    # cuDNN's attention plans every new shape, so each new prompt length would pay for a plan (docs/speed-log.md, run 10)
     with graphs, sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         for start in tqdm(range(0, len(prompts), size), desc="generate", disable=not (progress and interactive())):
             batch = {k: v.to(device) for k, v in left_pad(prompts[start : start + size], tokenizer.pad_token_id).items()}

@@ -96,8 +96,8 @@ class GraphedLoss:
         try:
             # autocast's weight-cast cache cannot live across graph replays, hence cache_enabled=False.
             with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
-                # torch warms up with eager runs of the whole forward and backward (3 by default; ~0.3 s each
-                # for a 7B model), for the lazy set-up a capture must not contain. Here that set-up is cuBLAS's
+                # torch warms up with eager runs of the whole forward and backward (3 by default: costly for a
+                # 7B model), for the lazy set-up a capture must not contain. Here that set-up is cuBLAS's
                 # handles (without it the capture fails in cublasCreate), made by a few small products instead.
                 # (An eager training step does not do: its capture fails on AccumulateGrad's stream.)
                 warm_up_cublas(device)
