@@ -76,44 +76,39 @@ class TensorBoard:
         self.writer.close()
 
 
-class Trackio:
-    def __init__(self, run: Run) -> None:
-        import trackio
+class WandbLike:
+    """trackio and wandb share wandb's API: `init` gives a run with `log` and `finish`, and a `Table` type."""
 
-        self.trackio = trackio
-        self.run = trackio.init(project=PROJECT, name=run_name(run.output_dir), config=run.cfg.to_dict(),
-                                resume="allow" if run.start_step else "never", embed=False, auto_log_cpu=False,
-                                auto_log_gpu=False)
+    def __init__(self, module, run) -> None:  # noqa: ANN001 - the library and its run
+        self.module, self.run = module, run
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
 
     def table(self, name: str, rows: Sequence[Sequence[str]], step: int) -> None:
-        self.run.log({name: self.trackio.Table(columns=SAMPLE_COLUMNS, data=[list(r) for r in rows])}, step=step)
+        self.run.log({name: self.module.Table(columns=SAMPLE_COLUMNS, data=[list(r) for r in rows])}, step=step)
 
     def close(self) -> None:
         self.run.finish()
 
 
-class Wandb:
-    def __init__(self, run: Run) -> None:
-        import wandb
+def trackio_backend(run: Run) -> WandbLike:
+    import trackio
 
-        self.wandb = wandb
-        self.run = wandb.init(project=PROJECT, name=run_name(run.output_dir), id=run_name(run.output_dir), resume="allow",
-                              config=run.cfg.to_dict(), dir=str(run.output_dir), mode=os.environ.get("WANDB_MODE", "offline"))
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        self.run.log(values, step=step)
-
-    def table(self, name: str, rows: Sequence[Sequence[str]], step: int) -> None:
-        self.run.log({name: self.wandb.Table(columns=SAMPLE_COLUMNS, data=[list(r) for r in rows])}, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
+    return WandbLike(trackio, trackio.init(project=PROJECT, name=run_name(run.output_dir), config=run.cfg.to_dict(),
+                                           resume="allow" if run.start_step else "never", embed=False,
+                                           auto_log_cpu=False, auto_log_gpu=False))
 
 
-BACKENDS = {"tensorboard": TensorBoard, "trackio": Trackio, "wandb": Wandb}
+def wandb_backend(run: Run) -> WandbLike:
+    import wandb
+
+    return WandbLike(wandb, wandb.init(project=PROJECT, name=run_name(run.output_dir), id=run_name(run.output_dir),
+                                       resume="allow", config=run.cfg.to_dict(), dir=str(run.output_dir),
+                                       mode=os.environ.get("WANDB_MODE", "offline")))
+
+
+BACKENDS = {"tensorboard": TensorBoard, "trackio": trackio_backend, "wandb": wandb_backend}
 
 
 # ----------------------------------------------------------------------------- the callback
