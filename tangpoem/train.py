@@ -297,7 +297,8 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"] or {})
+            if state["scaler"]:  # a checkpoint written without loss scaling (bf16, fp32) leaves the new scaler fresh
+                scaler.load_state_dict(state["scaler"])
             history, start_step, eval_history = state["history"], state["step"], state.get("eval_history", [])
             set_rng_state(state["rng"])
             log(f"resume: from {latest} (step {start_step} of {total_steps})")

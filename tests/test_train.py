@@ -275,3 +275,25 @@ def test_balanced_steps_keep_each_row_once_a_step_and_even_out_tokens(tiny_confi
     assert max(balanced_tokens) <= -(-sum(balanced_tokens) // len(balanced_tokens)) + 2, (plain_tokens, balanced_tokens)
     assert balanced_shape.length < plain_shape.length  # what every captured micro-batch is padded to
     assert micro_batch_tokens(balanced)[0] == balanced_steps
+
+
+def test_a_checkpoint_without_loss_scaling_resumes_into_a_run_with_it(tiny_config, monkeypatch):
+    """bf16 on an A100 before a Colab disconnect, fp16 on a T4 after (compute_dtype auto): the checkpoint holds
+    no scaler state, and the resumed run's loss scaler starts fresh instead of refusing the empty state."""
+    import tangpoem.train as train_module
+
+    import shutil
+
+    cfg = tiny_config(**{**SMALL, "max_steps": 6, "save_steps": 2})
+    train(cfg)
+    shutil.rmtree(list_checkpoints(cfg.output_dir)[-1])  # as if stopped after step 4
+    scalers = []
+    real = torch.amp.GradScaler
+
+    def scaling_on(device, enabled=True):  # as on a T4 in fp16; GradScaler works on the CPU too
+        scalers.append(real(device, enabled=True))
+        return scalers[-1]
+
+    monkeypatch.setattr(train_module.torch.amp, "GradScaler", scaling_on)
+    result = train(cfg, resume=True)
+    assert scalers and scalers[0].is_enabled() and [h["step"] for h in result.history][-3:] == [4, 5, 6]
