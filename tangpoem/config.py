@@ -154,7 +154,8 @@ def validate(cfg: Config) -> None:
                 "logging_steps", "save_steps", "save_total_limit", "max_new_tokens", "generation_batch_size"):
         if getattr(cfg, key) < 1:
             raise _refuse(cfg, key, "must be >= 1")
-    for key in ("warmup_steps", "top_k", "no_repeat_ngram_size", "weight_decay", "max_grad_norm", "min_new_tokens"):
+    for key in ("warmup_steps", "top_k", "no_repeat_ngram_size", "weight_decay", "max_grad_norm", "min_new_tokens",
+                "max_bad_steps", "early_stopping_patience", "early_stopping_threshold"):
         if getattr(cfg, key) < 0:
             raise _refuse(cfg, key, "must be >= 0")
     if not 0 <= cfg.seed < 2**32:
@@ -169,8 +170,6 @@ def validate(cfg: Config) -> None:
         raise _refuse(cfg, "max_steps", "must be >= 1 or null")
     if not cfg.lora_target_modules:
         raise _refuse(cfg, "lora_target_modules", "must name at least one module")
-    if cfg.max_bad_steps < 0 or cfg.early_stopping_patience < 0:
-        raise _refuse(cfg, "max_bad_steps" if cfg.max_bad_steps < 0 else "early_stopping_patience", "must be >= 0")
     if not (isinstance(cfg.checkpoint_index, int) or cfg.checkpoint_index == "best"):
         raise _refuse(cfg, "checkpoint_index", "must be a whole number (0 the first, -1 the last) or best")
     validate_evaluation(cfg)
@@ -200,8 +199,6 @@ def validate_evaluation(cfg: Config) -> None:
     parts = metric_parts(cfg.best_metric)
     if parts != ["val_loss"] and not (parts and all(p in SCORES for p in parts)):
         raise _refuse(cfg, "best_metric", f"must be val_loss, or one or more of {', '.join(SCORES)} joined by + (their mean)")
-    if cfg.early_stopping_threshold < 0:
-        raise _refuse(cfg, "early_stopping_threshold", "must be >= 0")
     if cfg.early_stopping_patience and not validation_rows(cfg):
         raise _refuse(cfg, "early_stopping_patience", "needs validation rows: set val_size (e.g. 64)")
     unknown = [name for name in cfg.report_to if name not in TRACKERS]

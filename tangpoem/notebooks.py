@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+import unittest.mock
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -157,13 +158,8 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
 
     runs = [NotebookRun(str(nb), str(out / nb.name), "not run") for nb in notebooks]
     write_index(out, cfg, runs)
-    headless = os.environ.get("TANGPOEM_HEADLESS")
-    os.environ["TANGPOEM_HEADLESS"] = "1"  # the kernels inherit it: log lines, not live progress bars
-    try:
+    with unittest.mock.patch.dict(os.environ, {"TANGPOEM_HEADLESS": "1"}):  # the kernels inherit it: log lines, not live bars
         _execute(notebooks, runs, declared, values, out, cfg, log)
-    finally:
-        if headless is None:
-            del os.environ["TANGPOEM_HEADLESS"]
     return runs
 
 

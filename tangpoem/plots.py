@@ -162,12 +162,13 @@ def loss_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     schedule on a second axis. The title quotes the smoothed loss: a single step's loss is noisy."""
     steps = [h["step"] for h in history]
     losses = [h["loss"] for h in history]
+    trend = smoothed(losses)
     use_cjk_font()
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(steps, losses, marker="." if len(steps) < 50 else None, color=KEPT, alpha=0.35, linewidth=1,
             label="loss per step 每步")
-    ax.plot(steps, smoothed(losses), color=KEPT, linewidth=2.2, label=f"smoothed 平滑 (EMA {SMOOTHING:g})")
+    ax.plot(steps, trend, color=KEPT, linewidth=2.2, label=f"smoothed 平滑 (EMA {SMOOTHING:g})")
     ax.set_xlabel("optimizer step 更新步數")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("training loss 訓練損失", color=KEPT)
@@ -176,8 +177,8 @@ def loss_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     lr_ax.set_ylabel("learning rate 學習率", color="grey")
     if history:
         fig.legend(loc="outside lower center", ncols=3, fontsize=8)
-        ax.set_title(f"loss curve 損失曲線: smoothed loss {smoothed(losses)[-1]:.3f} at step {steps[-1]} "
-                     f"(from {smoothed(losses)[0]:.3f}; last step alone {losses[-1]:.3f})")
+        ax.set_title(f"loss curve 損失曲線: smoothed loss {trend[-1]:.3f} at step {steps[-1]} "
+                     f"(from {trend[0]:.3f}; last step alone {losses[-1]:.3f})")
     else:
         ax.set_title("loss curve 損失曲線: no steps recorded")
     return fig
