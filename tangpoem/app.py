@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tangpoem.checkpoints import checkpoint_step, list_checkpoints, pick_checkpoint
+from tangpoem.checkpoints import checkpoint_step, list_checkpoints
 from tangpoem.config import Config
 from tangpoem.errors import InputError, RunError
 from tangpoem.generate import DEMO_COUPLETS, generate, load_for_generation
@@ -49,8 +49,7 @@ class Poet:
     @classmethod
     def load(cls, cfg: Config) -> Poet:
         """The base model with the checkpoint `checkpoint_index` picks in output_dir, or alone when it has none."""
-        adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index) if list_checkpoints(cfg.output_dir) else None
-        return cls(cfg, *load_for_generation(cfg, adapter))
+        return cls(cfg, *load_for_generation(cfg, "auto" if list_checkpoints(cfg.output_dir) else None))
 
     def use_checkpoint(self, checkpoint: str | Path) -> None:
         """The adapter of `checkpoint` in place of the current one (the base model stays where it is)."""

@@ -141,7 +141,7 @@ def best_checkpoint(checkpoints: list[Path], best_metric: str) -> Path | None:
     return None if position is None else checkpoints[position]
 
 
-def picked_index(checkpoints: list[Path], index: int | str, best_metric: str = "val_loss") -> int | None:
+def picked_index(checkpoints: list[Path], index: int | str, best_metric: str) -> int | None:
     """Which of `checkpoints` `checkpoint_index` = `index` picks (Python indexing, or "best"), or None if none."""
     if index == "best":
         best = best_checkpoint(checkpoints, best_metric)
@@ -150,7 +150,7 @@ def picked_index(checkpoints: list[Path], index: int | str, best_metric: str = "
     return index % count if -count <= index < count else None
 
 
-def pick_checkpoint(output_dir: str | os.PathLike, index: int | str = -1, best_metric: str = "val_loss") -> Path:
+def pick_checkpoint(output_dir: str | os.PathLike, index: int | str, best_metric: str) -> Path:
     """The homework's pick-by-index over the checkpoint list (-1 = the last one), or the best by `best_metric`."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:

@@ -101,6 +101,20 @@ def test_picking_a_checkpoint_swaps_the_adapter_on_the_same_base_model(tiny_run,
     assert poet.write(DEMO_COUPLETS[0], greedy)[1] == generate(fresh, tokenizer, rows[:1], greedy)[0]
 
 
+def test_the_app_picks_the_checkpoint_generate_picks(tmp_path, course_dir):
+    """checkpoint_index best by a best_metric other than val_loss: the app serves what `tangpoem generate` would."""
+    from tangpoem.checkpoints import pick_checkpoint
+
+    values = {"output_dir": str(tmp_path / "run"), "data_dir": str(course_dir), "num_train_data": 32, "max_steps": 8,
+              "save_steps": 2, "save_total_limit": 10, "val_size": 8, "learning_rate": 1e-2, "warmup_steps": 0,
+              "max_new_tokens": 8}
+    train(load_config(REPO / "configs" / "tiny-cpu.yaml", values))
+    by_f1 = pick_checkpoint(tmp_path / "run", "best", "char_f1")
+    assert by_f1 != pick_checkpoint(tmp_path / "run", "best", "val_loss")  # the two metrics disagree here
+    cfg = load_config(REPO / "configs" / "tiny-cpu.yaml", {**values, "checkpoint_index": "best", "best_metric": "char_f1"})
+    assert Poet.load(cfg).checkpoint == by_f1
+
+
 def test_without_a_checkpoint_the_base_model_writes_alone(tmp_path, course_dir):
     cfg = load_config(REPO / "configs" / "tiny-cpu.yaml", {"output_dir": str(tmp_path / "none"), "data_dir": str(course_dir)})
     poet = Poet.load(cfg)

@@ -74,8 +74,8 @@ def test_best_needs_validation_figures(tiny_config):
     train(plain)
     assert checkpoint_evaluation(list_checkpoints(plain.output_dir)[0]) is None
     with pytest.raises(InputError, match="'checkpoint_index' = 'best': no checkpoint in .* has validation figures .*val_size > 0"):
-        pick_checkpoint(plain.output_dir, "best")
-    assert pick_checkpoint(plain.output_dir, -1).name == "checkpoint-4"  # by index as before
+        pick_checkpoint(plain.output_dir, "best", "val_loss")
+    assert pick_checkpoint(plain.output_dir, -1, "val_loss").name == "checkpoint-4"  # by index as before
 
 
 def test_evaluation_leaves_the_training_as_it_was(tiny_config):

@@ -51,10 +51,10 @@ def test_pick_checkpoint_by_index(tiny_config):
     train(cfg)
     checkpoints = list_checkpoints(cfg.output_dir)
     assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-8", "checkpoint-10"]
-    assert pick_checkpoint(cfg.output_dir, -1).name == "checkpoint-10"
-    assert pick_checkpoint(cfg.output_dir, 0).name == "checkpoint-4"
+    assert pick_checkpoint(cfg.output_dir, -1, "val_loss").name == "checkpoint-10"
+    assert pick_checkpoint(cfg.output_dir, 0, "val_loss").name == "checkpoint-4"
     with pytest.raises(InputError, match="has 3 checkpoints"):
-        pick_checkpoint(cfg.output_dir, 5)
+        pick_checkpoint(cfg.output_dir, 5, "val_loss")
     # the listings mark what pick_checkpoint picks, and nothing where it refuses
     from tangpoem.lessons import checkpoints_table
 
@@ -62,7 +62,7 @@ def test_pick_checkpoint_by_index(tiny_config):
               for index in (-1, 0, -3, 5, -4)}
     assert picked == {-1: [2], 0: [0], -3: [0], 5: [], -4: []}
     with pytest.raises(InputError, match="no checkpoints"):
-        pick_checkpoint(Path(cfg.output_dir) / "nothing", -1)
+        pick_checkpoint(Path(cfg.output_dir) / "nothing", -1, "val_loss")
 
 
 def test_a_second_run_refuses_to_mix_with_old_checkpoints(tiny_config):
