@@ -21,17 +21,16 @@ from typing import Any, Mapping
 import torch
 
 from tangpoem.builtin import is_builtin
-from tangpoem.checkpoints import ADAPTER_FILE, CHECKPOINT_RE, STATE_FILE, checkpoint_step, load_training_state
-from tangpoem.config import FIELDS, Config, load_config
+from tangpoem.checkpoints import (ADAPTER_CONFIG_FILE, ADAPTER_FILE, CHECKPOINT_RE, STATE_FILE, adapter_problem, checkpoint_step,
+                                  load_training_state)
+from tangpoem.config import FIELDS, Config, load_config, validation_rows
 from tangpoem.errors import InputError, RunError, setting
+from tangpoem.generate import DEMO_COUPLETS
 from tangpoem.io import atomic_dir, atomic_write_text, display_path, parse_json, umask_mode
 from tangpoem.prompt import INSTRUCTION, SYSTEM_PROMPT, course_prompt
 from tangpoem.resources import REPO_URL
 
-ADAPTER_CONFIG = "adapter_config.json"
 CARD_FILE = "README.md"
-DEMO_COUPLET = "相見時難別亦難，東風無力百花殘。"  # the homework's first demo couplet, in the card's example
-GRADES_FILE = "grades.json"  # tangpoem.grade.course.GRADES_FILE; read from the checkpoint folder when there
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # The grader's mean scores shown on the card: (name on the card, key in grades.json's summary.mean)
 CARD_SCORES = (("charF1", "char_f1"), ("chrF", "chrf"), ("BLEU", "bleu"), ("edit similarity", "edit_similarity"),
@@ -61,13 +60,12 @@ def read_checkpoint(adapter_dir: str | os.PathLike, overrides: Mapping[str, Any]
     name = display_path(path)
     if not path.is_dir():
         raise InputError(f"--adapter {name}: no such folder; give a checkpoint folder, e.g. outputs/run/checkpoint-65")
-    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_FILE) if not (path / f).is_file()]
-    if missing:
-        raise InputError(f"--adapter {name}: not a LoRA adapter folder (no {' or '.join(missing)}); "
+    if problem := adapter_problem(path):
+        raise InputError(f"--adapter {name}: not a LoRA adapter folder ({problem}); "
                          "give a checkpoint folder, e.g. outputs/run/checkpoint-65")
-    adapter_config = parse_json((path / ADAPTER_CONFIG).read_text(encoding="utf-8"), f"{name}/{ADAPTER_CONFIG}")
+    adapter_config = parse_json((path / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"), f"{name}/{ADAPTER_CONFIG_FILE}")
     if not isinstance(adapter_config, dict) or adapter_config.get("peft_type") != "LORA":
-        raise InputError(f"--adapter {name}: {ADAPTER_CONFIG} is not a LoRA adapter's (peft_type is not LORA)")
+        raise InputError(f"--adapter {name}: {ADAPTER_CONFIG_FILE} is not a LoRA adapter's (peft_type is not LORA)")
     state = load_training_state(path) if (path / STATE_FILE).is_file() else {}
     trained = {k: v for k, v in state.get("config", {}).items() if k in FIELDS}
     if not trained:
@@ -175,7 +173,7 @@ def usage_snippet(cfg: Config, where: str, merged: bool, dtype: str) -> str:
                   f"model = PeftModel.from_pretrained(base, {folder})"]
     lines += ["",
               f"system = {_literal(SYSTEM_PROMPT)}", f"instruction = {_literal(INSTRUCTION)}",
-              f"couplet = {_literal(DEMO_COUPLET)}", f"prompt = f{_literal(prompt)}",
+              f"couplet = {_literal(DEMO_COUPLETS[0])}", f"prompt = f{_literal(prompt)}",
               "ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)[\"input_ids\"]  # BOS, no EOS",
               "input_ids = torch.tensor([ids], device=model.device)",
               "output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,",
@@ -201,7 +199,7 @@ def model_card(ckpt: Checkpoint, where: str, merged: bool, dtype: str, grades: P
         data, template_path=template, title=title, merged=merged, dtype=dtype, quantized=cfg.load_in_4bit,
         base_model=base_model_text(cfg), checkpoint=ckpt.path.name, step=ckpt.step, cfg=cfg, repo_url=REPO_URL,
         hyperparameters=hyperparameters(ckpt), losses=loss_rows(ckpt.history), grades=grade_rows,
-        validation=read_validation(ckpt), val_size=getattr(cfg, "val_size", 0),
+        validation=read_validation(ckpt), val_size=validation_rows(cfg),
         grades_source=grades_source, prompt=course_prompt(INSTRUCTION, "{first couplet 上聯}"),
         snippet=usage_snippet(cfg, where, merged, dtype)))
 
@@ -215,7 +213,7 @@ def write_adapter(ckpt: Checkpoint, folder: Path) -> None:
     config = dict(ckpt.adapter_config)
     if is_builtin(ckpt.cfg.model_name_or_path):
         config["base_model_name_or_path"] = ckpt.cfg.model_name_or_path
-    atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_merged(ckpt: Checkpoint, folder: Path, dtype: torch.dtype) -> None:
@@ -285,7 +283,7 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, merged: bool = Fa
     check_out_dir(out, ckpt.path, force)
     if repo is not None:
         check_repo_id(repo)
-    grades_path = Path(grades) if grades else ckpt.path / GRADES_FILE
+    grades_path = Path(grades) if grades else None
     if grades and not grades_path.is_file():
         raise InputError(f"--grades {display_path(grades_path)}: no such file")
     card = model_card(ckpt, repo or str(out), merged, dtype, grades_path)
