@@ -245,13 +245,16 @@ def _holder(lock: Path) -> dict[str, Any] | None:
     and filling it)."""
     try:
         age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
         holder = json.loads(lock.read_text(encoding="utf-8"))
         if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
             raise ValueError
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {"pid": "?", "host": "?", "started": "?"} if time.time() - lock.stat().st_mtime < 60 else None
+        return {"pid": "?", "host": "?", "started": "?"} if age < 60 else None
     if holder.get("host") == socket.gethostname():
         return holder if _alive(holder["pid"]) else None
     return holder if age < LOCK_STALE_SECONDS else None

@@ -60,12 +60,16 @@ def epoch_order(cfg: Config, lengths: Sequence[int]) -> Callable[[int], Sequence
 
         shuffled = order
         order = lambda epoch: balance_micro_batches(shuffled(epoch), lengths, cfg.micro_batch_size)  # noqa: E731
-    return functools.lru_cache(maxsize=2)(order)
+    return functools.lru_cache(maxsize=None)(order)  # a few epochs at most; the set-up and the loop both ask
+
+
+def steps_per_epoch(dataset: EncodedDataset, cfg: Config) -> int:
+    return math.ceil(len(dataset.rows) / cfg.batch_size)  # an epoch's last step may have fewer rows
 
 
 def rows_of_step(dataset: EncodedDataset, cfg: Config, order: Callable[[int], Sequence[int]], step: int) -> list[EncodedRow]:
     """The rows of optimizer step `step` (0-based): `batch_size` of them; an epoch's last step may have fewer."""
-    epoch, within = divmod(step, math.ceil(len(dataset.rows) / cfg.batch_size))
+    epoch, within = divmod(step, steps_per_epoch(dataset, cfg))
     return [dataset.rows[i] for i in order(epoch)[within * cfg.batch_size : (within + 1) * cfg.batch_size]]
 
 
@@ -130,10 +134,6 @@ class Run:
     def __post_init__(self) -> None:
         self.micro_batch_size = self.micro_batch_size or self.cfg.micro_batch_size
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset.rows) / self.cfg.batch_size)
-
     def step_rows(self, step: int) -> list[EncodedRow]:
         return rows_of_step(self.dataset, self.cfg, self.order, step)
 
@@ -145,7 +145,8 @@ class Run:
 
     def halve_micro_batches(self, step: int, error: torch.OutOfMemoryError) -> None:
         """After a CUDA out-of-memory in `step`: its partial gradients dropped and its micro-batches halved, so
-        that the loop does it again with the same rows (the same loss and update); said once per halving. At one
+        that the loop does it again with the same rows (the same loss and update without dropout; with it, other
+        dropout masks, as the micro-batches' shapes change); said once per halving. At one
         row (or under DDP, whose ranks must agree) the run stops with one line naming the memory and the knobs."""
         self.optimizer.zero_grad(set_to_none=False)
         size = self.micro_batch_size
@@ -155,7 +156,7 @@ class Run:
         self.counts["oom_retries"] += 1
         if self.ranks.is_main:
             print(f"out of memory at step {step + 1} with micro-batches of {size} rows: from now on {self.micro_batch_size} "
-                  f"(the same {self.cfg.batch_size} rows per optimizer step, the same training); "
+                  f"(the same {self.cfg.batch_size} rows per optimizer step); "
                   f"{setting('micro_batch_size', self.micro_batch_size)} avoids the retry")
 
 
@@ -209,6 +210,8 @@ def resume_point(output_dir: Path, resume: bool | str, log: Callable[[str], None
 WHAT_IS_LEARNED = ("model_name_or_path", "load_in_4bit", "compute_dtype", "prompt_mode", "lora_r", "lora_alpha",
                    "lora_dropout", "lora_target_modules", "seed", "num_epochs", "max_steps", "learning_rate",
                    "weight_decay", "max_grad_norm", "batch_size", "warmup_steps", "balanced_steps")
+# balanced_steps orders each epoch's rows by micro-batch, so there the micro-batch size is part of what is learned too
+WHAT_BALANCING_LEARNS = ("micro_batch_size",)
 
 
 def check_resumable(state: dict[str, Any], checkpoint: Path, cfg: Config, dataset: EncodedDataset, force: bool) -> None:
@@ -216,7 +219,8 @@ def check_resumable(state: dict[str, Any], checkpoint: Path, cfg: Config, datase
     anything that changes what is learned; `force` resumes anyway."""
     saved = state.get("config", {})
     changes = [f"  {key}: {saved[key]!r} in {checkpoint.name}, {getattr(cfg, key)!r} now"
-               for key in WHAT_IS_LEARNED if key in saved and saved[key] != getattr(cfg, key)]
+               for key in WHAT_IS_LEARNED + (WHAT_BALANCING_LEARNS if cfg.balanced_steps else ())
+               if key in saved and saved[key] != getattr(cfg, key)]
     if state.get("data_sha256", dataset.fingerprint) != dataset.fingerprint:
         changes.append(f"  the training rows (data_dir, num_train_data, cutoff_len or the tokenizer) differ from {checkpoint.name}'s")
     if changes and not force:
@@ -290,8 +294,8 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
             model.print_trainable_parameters()
         params = [p for p in model.parameters() if p.requires_grad]
 
-        steps_per_epoch = math.ceil(len(dataset.rows) / cfg.batch_size)
-        total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+        epoch_steps = steps_per_epoch(dataset, cfg)
+        total_steps = cfg.max_steps or epoch_steps * cfg.num_epochs
         optimizer, scheduler, scaler = optimizer_and_schedule(cfg, params, device, dtype, total_steps)
         history, start_step, eval_history = [], 0, []
         if state is not None:
@@ -306,7 +310,7 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         micro_loss = eager_micro_loss(cfg, model, tokenizer, device, dtype, ranks)
         run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
                   total_steps, history, micro_loss, epoch_order(cfg, dataset.lengths),
-                  levers.step_reader(cfg, device, ranks, steps_per_epoch), held, params, eval_history=eval_history)
+                  levers.step_reader(cfg, device, ranks, epoch_steps), held, params, eval_history=eval_history)
         if cfg.val_size:
             run.evaluator = Evaluator(cfg, tokenizer, device, dtype, functools.partial(levers.evaluation_modes, model, cfg))
             log(run.evaluator.summary())

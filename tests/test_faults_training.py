@@ -351,7 +351,7 @@ def test_out_of_memory_halves_the_micro_batches_and_trains_the_same(tiny_config,
     result = train(tiny_config(**common))  # micro_batch_size 4
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("out of memory")]
     assert said == ["out of memory at step 1 with micro-batches of 4 rows: from now on 2 (the same 8 rows per optimizer "
-                    "step, the same training); `--set micro_batch_size=2` avoids the retry"]
+                    "step); `--set micro_batch_size=2` avoids the retry"]
     assert result.counts["oom_retries"] == 1
     assert [round(h["loss"], 5) for h in result.history] == [round(h["loss"], 5) for h in reference.history]
     a, b = (load_file(str(list_checkpoints(r.output_dir)[-1] / "adapter_model.safetensors")) for r in (reference, result))

@@ -338,7 +338,7 @@ def test_out_of_memory_halves_the_micro_batch_under_a_memory_cap(small_mistral, 
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("out of memory")]
     print(f"cap {(fits + too_much) / 2 / 2**20:.0f} MiB between 8 rows ({fits / 2**20:.0f} MiB) and 16 ({too_much / 2**20:.0f} MiB): {said}")
     assert said == ["out of memory at step 1 with micro-batches of 16 rows: from now on 8 (the same 16 rows per optimizer "
-                    "step, the same training); `--set micro_batch_size=8` avoids the retry"]
+                    "step); `--set micro_batch_size=8` avoids the retry"]
     assert capped.counts["oom_retries"] == 1
     a, b = (load_file(str(list_checkpoints(r.output_dir)[-1] / "adapter_model.safetensors")) for r in (reference, capped))
     for name in a:

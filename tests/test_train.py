@@ -297,3 +297,20 @@ def test_a_checkpoint_without_loss_scaling_resumes_into_a_run_with_it(tiny_confi
     monkeypatch.setattr(train_module.torch.amp, "GradScaler", scaling_on)
     result = train(cfg, resume=True)
     assert scalers and scalers[0].is_enabled() and [h["step"] for h in result.history][-3:] == [4, 5, 6]
+
+
+def test_under_balanced_steps_a_resume_with_another_micro_batch_size_is_refused(tiny_config):
+    """balanced_steps orders an epoch's rows by micro-batch: another micro_batch_size mid-epoch would repeat some
+    rows and skip others. Without balancing the order does not depend on it, and the resume goes on."""
+    import shutil
+
+    cfg = tiny_config(**{**SMALL, "num_train_data": 32, "max_steps": 4, "save_steps": 2, "balanced_steps": True})
+    train(cfg)
+    shutil.rmtree(list_checkpoints(cfg.output_dir)[-1])  # as if stopped after step 2
+    cfg.micro_batch_size = 2
+    with pytest.raises(InputError, match=r"micro_batch_size: 4 in checkpoint-2, 2 now"):
+        train(cfg, resume=True)
+    cfg.balanced_steps = False
+    with pytest.raises(InputError) as refused:
+        train(cfg, resume=True)
+    assert "micro_batch_size" not in str(refused.value) and "balanced_steps" in str(refused.value)
