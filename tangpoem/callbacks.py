@@ -151,7 +151,8 @@ class History(Callback):
 class Guard(Callback):
     """Counts the steps whose loss is inf/nan and those whose update the fp16 loss scaler skipped (its scale
     falls when a gradient overflows); after `max_bad_steps` of them in a row the run stops with one line
-    naming the cause and the fix. The last good checkpoint stays: the Saver never saves a non-finite step."""
+    naming the cause and the fix. The last good checkpoint stays: the Saver never saves a non-finite step.
+    (The scale is read when a record arrives: with deferred_reads in fp16, a skip is counted one step early.)"""
 
     def __init__(self, run: Run) -> None:
         self.scale = run.scaler.get_scale()  # 1.0 when loss scaling is off
