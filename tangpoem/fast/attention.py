@@ -80,16 +80,24 @@ def check_varlen_device(device: torch.device) -> str | None:
 
 
 @contextlib.contextmanager
-def varlen_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Within the block, `model` (a transformers model or a peft wrapper of one) attends with the varlen
-    kernel; afterwards with what it had before (generation needs masks and a cache, which varlen does not take)."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(VARLEN, varlen_attention_forward)
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Within the block, `model` (a transformers model or a peft wrapper of one) attends with `name`;
+    afterwards with what it had before."""
     pretrained = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = pretrained.config._attn_implementation
-    pretrained.set_attn_implementation(VARLEN)
+    pretrained.set_attn_implementation(name)
     try:
         yield
     finally:
         pretrained.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def varlen_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, `model` attends with the varlen kernel; afterwards with what it had before
+    (generation needs masks and a cache, which varlen does not take)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    with attention_implementation(model, VARLEN):
+        yield

@@ -80,13 +80,10 @@ def evaluation_modes(model: torch.nn.Module, cfg: Config) -> Iterator[None]:
     if not cfg.varlen_attention:
         yield
         return
-    pretrained = model.get_base_model()
-    training = pretrained.config._attn_implementation
-    pretrained.set_attn_implementation("sdpa")
-    try:
+    from tangpoem.fast.attention import attention_implementation
+
+    with attention_implementation(model, "sdpa"):  # what tangpoem loads the models with
         yield
-    finally:
-        pretrained.set_attn_implementation(training)
 
 
 def graphed_micro_loss(stack: contextlib.ExitStack, model: torch.nn.Module, eager: MicroLoss,
