@@ -20,7 +20,7 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
-from tangpoem.config import Config, metric_parts, validation_rows
+from tangpoem.config import SCORES, Config, metric_parts, validation_rows
 from tangpoem.data import Row, load_train_rows
 from tangpoem.errors import InputError, RunError, setting
 from tangpoem.runtime import rng_state, set_rng_state
@@ -28,7 +28,7 @@ from tangpoem.tokens import EncodedRow, collate, count_label_tokens, encode_trai
 
 EVAL_FILE = "eval.json"  # in each checkpoint: its step's figures and a few of its validation poems
 EVAL_HISTORY_FILE = "eval_history.json"  # in output_dir: the figures of every evaluation so far
-FIGURES = ("val_loss", "char_f1", "form", "pingze", "rhyme")
+FIGURES = ("val_loss", *SCORES)
 SAMPLES = 4  # validation poems kept with each evaluation (checkpoint, tracking)
 
 

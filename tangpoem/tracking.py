@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 TENSORBOARD_DIR = "tensorboard"
 PROJECT = "tangpoem"
 SAMPLE_COLUMNS = ["couplet 上聯", "prediction 預測", "reference 原詩"]
-INSTALL = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
 
 
 def wanted(cfg: Config) -> list[str]:
@@ -43,9 +42,9 @@ def wanted(cfg: Config) -> list[str]:
 def check_trackers(cfg: Config) -> None:
     """Refuse, before anything is loaded, a tracker that is not installed."""
     for name in wanted(cfg):
-        if importlib.util.find_spec(INSTALL[name]) is None:
+        if importlib.util.find_spec(name) is None:  # each tracker is installed under its own name
             raise InputError(f"config key 'report_to' = {cfg.report_to!r}: {name} is not installed; "
-                             f"pip install {INSTALL[name]} (or tangpoem[tracking]), or leave {name} out")
+                             f"pip install {name} (or tangpoem[tracking]), or leave {name} out")
 
 
 def run_name(output_dir: Path) -> str:
