@@ -163,3 +163,15 @@ def test_notebook_messages_name_notebook_knobs(tmp_path):
         from tangpoem.errors import speak_to
 
         speak_to("cli")
+
+
+def test_a_cpu_runtime_loads_without_4bit_unless_the_knob_says_so(monkeypatch, capsys):
+    """for_this_machine (the notebooks that load a model): no CUDA GPU, so the config file's load_in_4bit gives way, with a
+    line saying so; a knob set by the student still wins, and without for_this_machine nothing changes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lessons.config_from_parameters("breeze-colab-t4", {}, mount_drive=False, for_this_machine=True).load_in_4bit is False
+    assert "no CUDA GPU: loading without 4-bit (load_in_4bit = False)" in capsys.readouterr().out
+    assert lessons.config_from_parameters("breeze-colab-t4", {"load_in_4bit": True}, mount_drive=False,
+                                          for_this_machine=True).load_in_4bit is True
+    assert lessons.config_from_parameters("breeze-colab-t4", {}, mount_drive=False).load_in_4bit is True
+    assert "no CUDA GPU" not in capsys.readouterr().out
