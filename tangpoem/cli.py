@@ -1,7 +1,8 @@
 """The `tangpoem` command: data, train, generate, checkpoints, grade, notebooks, demo, app, export.
 
-Every step takes `--config FILE` and repeated `--set key=value`; bad input is one line on stderr
-and exit status 2, never a traceback.
+The steps that run a model take `--config FILE` and repeated `--set key=value` (export reads the config its
+checkpoint was trained with). Bad input is one line on stderr and exit status 2; a run that cannot go on, one
+line and exit status 1; never a traceback.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import argparse
 import sys
 from typing import Callable
 
-from tangpoem.config import Config, load_config, parse_set
+from tangpoem.config import Config, load_config, parse_set, shipped_config_names
 from tangpoem.errors import InputError, RunError, speak_to
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file, or the name of a shipped one (nano-cpu, breeze-colab-t4, "
-                                         "taide-colab-t4, breeze-h100, tiny-cpu)")
+    parser.add_argument("--config", help=f"YAML config file, or the name of a shipped one ({', '.join(shipped_config_names())})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable), e.g. --set learning_rate=1e-4")
     parser.add_argument("--data-dir", help="directory of the course files (default: $TANGPOEM_DATA_DIR or data/GenAI-Hw5)")

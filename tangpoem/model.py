@@ -183,5 +183,5 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str, trainable: bool = Fal
 
 
 def load_model(cfg: Config) -> tuple[torch.nn.Module, Any]:
-    """Tokenizer and base model with fresh LoRA adapters, ready to train (what `train.prepare` does first)."""
+    """Tokenizer and base model with fresh LoRA adapters, the plain path (train.prepare adds the levers' set-up)."""
     return add_lora(load_base_model(cfg), cfg), load_tokenizer(cfg)

@@ -190,7 +190,7 @@ def add_notebooks_arguments(parser: argparse.ArgumentParser) -> None:
     """`tangpoem notebooks run --config FILE --out DIR [-p KEY VALUE ...] [--notebooks DIR]`."""
     sub = parser.add_subparsers(dest="notebooks_command", required=True)
     run = sub.add_parser("run", help="execute every notebook in order with papermill (headless)")
-    run.add_argument("--config", help="YAML config file, or the name of one in configs/ (e.g. nano-cpu); "
+    run.add_argument("--config", help="YAML config file, or the name of a shipped one (e.g. nano-cpu); "
                                       "default: the homework's values")
     run.add_argument("--out", required=True, metavar="DIR",
                      help="where the executed notebooks, index.md/json and (by default) the run's outputs go")
