@@ -147,6 +147,40 @@ def test_model_text_and_folder_names_are_shown_as_text_not_markup():
     assert "<img" not in marks and "<i>9" not in marks and "checkpoint &lt;i&gt;9" in marks
 
 
+def test_a_busy_port_is_refused_before_any_model_loads():
+    """refuse_busy_port is what the CLI calls before Poet.load: a port held by another socket is one InputError."""
+    from tangpoem.app import refuse_busy_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(InputError, match=rf"--port {port}: cannot serve on 127.0.0.1:{port} .*choose another port"):
+            refuse_busy_port("127.0.0.1", port)
+    refuse_busy_port("127.0.0.1", free_port())  # a free one passes
+    refuse_busy_port("127.0.0.1", None)  # gradio picks one
+
+
+def test_the_page_says_what_is_wrong_with_the_couplet_or_the_settings(tiny_run, course_dir):
+    """The public /predict endpoint (with --share anyone may call it): an empty or over-long couplet and an empty
+    settings box are one message on the page (gradio.Error), not a traceback; nothing is generated for them."""
+    import gradio as gr
+
+    from tangpoem.app import MAX_COUPLET_CHARS, write_poems
+
+    poet = Poet.load(tiny_cfg(tiny_run, course_dir))
+    with pytest.raises(gr.Error, match="Type a first couplet"):
+        write_poems(poet, "  ", *GREEDY)
+    with pytest.raises(gr.Error, match=f"give at most {MAX_COUPLET_CHARS}"):
+        write_poems(poet, "白" * (MAX_COUPLET_CHARS + 1), *GREEDY)
+    with pytest.raises(gr.Error, match="every decoding setting needs a value"):
+        write_poems(poet, DEMO_COUPLETS[0], *GREEDY[:-1], None)
+    with pytest.raises(gr.Error, match="top_p"):
+        write_poems(poet, DEMO_COUPLETS[0], 0.1, 1.5, *GREEDY[2:])
+    base, _, tuned, _ = write_poems(poet, DEMO_COUPLETS[0], *GREEDY)
+    assert base and tuned
+
+
 @pytest.mark.slow
 def test_the_cli_serves_until_stopped_and_a_busy_port_is_one_line(tmp_path, course_dir):
     """`tangpoem app` serves the page on the given port (nano-cpu by default); a port in use is exit 2."""
@@ -171,6 +205,7 @@ def test_the_cli_serves_until_stopped_and_a_busy_port_is_one_line(tmp_path, cour
         busy = subprocess.run([*command[:-1], str(port)], cwd=REPO, capture_output=True, text=True, timeout=240)
         assert busy.returncode == 2, busy.stderr
         assert busy.stderr.strip().splitlines()[-1].startswith(f"error: --port {port}: cannot serve on 127.0.0.1")
+        assert "Running on" not in busy.stdout  # no second server
     finally:
         server.terminate()
         server.wait(timeout=30)
