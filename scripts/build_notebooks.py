@@ -17,15 +17,14 @@ from pathlib import Path
 import nbformat
 
 from tangpoem.config import FIELDS, Config
-from tangpoem.resources import REPO_URL
+from tangpoem.resources import REPO_URL, colab_badge
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-COLAB = "https://colab.research.google.com/github/" + REPO_URL.removeprefix("https://github.com/") + "/blob/main/notebooks"
 DEFAULTS = Config()
 
 
 def header(name: str, title: str, intro: str) -> list[tuple[str, str]]:
-    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB}/{name}.ipynb)"
+    badge = colab_badge(f"{name}.ipynb")
     return [("md", f"# {title}\n\n{badge}\n\n{intro}")]
 
 

@@ -19,12 +19,10 @@ from pathlib import Path
 import nbformat
 
 from tangpoem.config import FIELDS, SECTIONS, Config, keys_of
-from tangpoem.resources import REPO_URL
+from tangpoem.resources import NOTEBOOK_GLOB, REPO_URL, colab_badge
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-COLAB = "https://colab.research.google.com/github/" + REPO_URL.removeprefix("https://github.com/") + "/blob/main/notebooks"
-BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 def _cell(text: str) -> str:
@@ -46,10 +44,10 @@ def config_keys() -> list[str]:
 def notebooks() -> list[str]:
     """One row per teaching notebook: its title (the first heading) and its Colab badge."""
     rows = ["| notebook | open in Colab |", "| --- | --- |"]
-    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB)):
         first = nbformat.read(path, as_version=4).cells[0].source
         title = re.sub(r"^#\s*\d+\s*·\s*", "", first.splitlines()[0]).strip()
-        rows.append(f"| `{path.name}`: {_cell(title)} | [![Open In Colab]({BADGE})]({COLAB}/{path.name}) |")
+        rows.append(f"| `{path.name}`: {_cell(title)} | {colab_badge(path.name)} |")
     return rows
 
 

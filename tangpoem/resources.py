@@ -13,6 +13,14 @@ PACKAGE = Path(__file__).resolve().parent
 # The repository students fork and Colab installs from: the notebooks' install cell, their Colab badges and
 # the README take it from here (a fork changes it, then re-runs scripts/build_notebooks.py and scripts/build_readme.py).
 REPO_URL = "https://github.com/tangpoem/tangpoem"
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def colab_badge(notebook: str) -> str:
+    """Markdown for an "Open In Colab" badge of `notebook` (a file name in the repository's notebooks/)."""
+    url = "https://colab.research.google.com/github/" + REPO_URL.removeprefix("https://github.com/") + "/blob/main/notebooks"
+    return f"[![Open In Colab]({COLAB_BADGE})]({url}/{notebook})"
+
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # numbered, run in name order
 
 
