@@ -122,7 +122,9 @@ def base_model_text(cfg: Config) -> str:
 
 def hyperparameters(ckpt: Checkpoint) -> list[tuple[str, str]]:
     cfg = ckpt.cfg
-    rows = [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {cfg.lora_alpha} / {cfg.lora_dropout}"),
+    lora = ckpt.adapter_config  # what the adapter itself records, whether or not its training state is there
+    rank = (lora.get("r", cfg.lora_r), lora.get("lora_alpha", cfg.lora_alpha), lora.get("lora_dropout", cfg.lora_dropout))
+    rows = [("LoRA rank r / alpha / dropout", " / ".join(str(v) for v in rank)),
             ("LoRA target modules", ", ".join(sorted(ckpt.adapter_config.get("target_modules") or cfg.lora_target_modules)))]
     if ckpt.trained_config:
         steps = f"{cfg.max_steps} steps" if cfg.max_steps else f"{cfg.num_epochs} epoch{'s' * (cfg.num_epochs > 1)}"
@@ -188,15 +190,16 @@ def model_card(ckpt: Checkpoint, where: str, merged: bool, dtype: str, grades: P
     from huggingface_hub import ModelCard, ModelCardData
 
     cfg = ckpt.cfg
+    quantized = ckpt.trained_config and cfg.load_in_4bit  # without the training state, 4-bit is not known
     base = None if is_builtin(cfg.model_name_or_path) or Path(cfg.model_name_or_path).is_absolute() else cfg.model_name_or_path
     data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft", language=["zh"],
-                         pipeline_tag="text-generation", tags=["tangpoem", "tang-poetry", "lora", "qlora" if cfg.load_in_4bit else "peft"])
+                         pipeline_tag="text-generation", tags=["tangpoem", "tang-poetry", "lora", "qlora" if quantized else "peft"])
     grade_rows, grades_source = read_grades(grades)
     template = Path(__file__).parent / "templates" / "model_card.md.j2"
     title = f"{Path(where).name}: {cfg.model_name_or_path.rsplit('/', 1)[-1]} fine-tuned to write Tang poems " \
             f"({'merged' if merged else 'LoRA adapter'})"
     return str(ModelCard.from_template(
-        data, template_path=template, title=title, merged=merged, dtype=dtype, quantized=cfg.load_in_4bit,
+        data, template_path=template, title=title, merged=merged, dtype=dtype, quantized=quantized, trained=ckpt.trained_config,
         base_model=base_model_text(cfg), checkpoint=ckpt.path.name, step=ckpt.step, cfg=cfg, repo_url=REPO_URL,
         hyperparameters=hyperparameters(ckpt), losses=loss_rows(ckpt.history), grades=grade_rows,
         validation=read_validation(ckpt), val_size=validation_rows(cfg),

@@ -240,3 +240,19 @@ def test_the_checkpoints_validation_figures_go_on_the_card(trained, tmp_path):
     assert "Validation during training, at this checkpoint's step: 64 course rows" in card
     assert f"| val_loss | {figures['val_loss']:.4f} |" in card and f"| rhyme | {figures['rhyme']:.3f} |" in card
     assert "No evaluation figures were saved" not in card
+
+
+def test_an_adapter_without_its_training_state_gets_a_card_of_what_it_records(trained, tmp_path):
+    """A bare adapter (adapter_config.json and weights, no training_state.pt): the card takes LoRA's rank, alpha
+    and dropout from the adapter itself and claims no training data or 4-bit it cannot know."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(trained("tiny-mistral") / name, bare / name)
+    adapter = json.loads((bare / "adapter_config.json").read_text(encoding="utf-8"))
+    readme = (export(bare, tmp_path / "out") / "README.md").read_text(encoding="utf-8")
+    assert f"| LoRA rank r / alpha / dropout | {adapter['r']} / {adapter['lora_alpha']} / {adapter['lora_dropout']} |" in readme
+    assert "not recorded (the adapter came without tangpoem's `training_state.pt`)" in readme
+    assert "rows of the course's" not in readme and "QLoRA" not in readme and "qlora" not in readme
