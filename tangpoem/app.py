@@ -49,7 +49,7 @@ class Poet:
     @classmethod
     def load(cls, cfg: Config) -> Poet:
         """The base model with the checkpoint `checkpoint_index` picks in output_dir, or alone when it has none."""
-        return cls(cfg, *load_for_generation(cfg, "auto" if list_checkpoints(cfg.output_dir) else None))
+        return cls(cfg, *load_for_generation(cfg, "auto" if list_checkpoints(cfg.output_dir) else None, adapter_apart=True))
 
     def use_checkpoint(self, checkpoint: str | Path) -> None:
         """The adapter of `checkpoint` in place of the current one (the base model stays where it is)."""

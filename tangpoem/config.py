@@ -102,7 +102,7 @@ class Config:
     fused_rms_norm: bool = knob(False, "each RMSNorm forward as one kernel (torch.nn.functional.rms_norm)", "levers")
     fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm); dense base layers only", "levers")
     static_cache: bool = knob(False, "generation: a static KV cache; on a GPU the decode step is replayed as a CUDA graph", "levers")
-    dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter), the adapter kept beside them: the same tokens, faster", "levers")
+    dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter) with the adapter merged into them, as export --merged: faster, the same tokens up to rounding", "levers")
 
     def __post_init__(self) -> None:
         validate(self)

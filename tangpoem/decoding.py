@@ -18,16 +18,24 @@ class DeviceNoRepeatNGram(LogitsProcessor):
         self.n = ngram_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        n, length = self.n, input_ids.shape[1]
-        if length < n:  # no complete n-gram yet: nothing to ban
+        if input_ids.shape[1] < self.n:  # no complete n-gram yet: nothing to ban
             return scores
+        return self.in_buffer(input_ids, torch.tensor(input_ids.shape[1], device=input_ids.device), scores)
+
+    def in_buffer(self, input_ids: torch.LongTensor, length: torch.Tensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """The same bans, where `input_ids` is a buffer of fixed shape whose first `length` (a 0-d tensor) tokens
+        are the sequence so far: fast.decode's CUDA graph, where shapes cannot grow and no value may be read."""
+        n = self.n
+        if input_ids.shape[1] < n:
+            return scores
+        windows = input_ids.unfold(1, n, 1)  # (B, L-n+1, n): every n-gram of the buffer
+        within = torch.arange(windows.shape[1], device=input_ids.device) + n <= length  # (L-n+1,): in the sequence so far
         if n == 1:
-            banned_counts = torch.zeros_like(scores, dtype=torch.int32).scatter_add_(
-                1, input_ids, torch.ones_like(input_ids, dtype=torch.int32))
-            return scores.masked_fill(banned_counts > 0, -float("inf"))
-        windows = input_ids.unfold(1, n, 1)  # (B, L-n+1, n): every n-gram so far
-        prefix = input_ids[:, length - (n - 1):]  # (B, n-1): what the next token would extend
-        matches = (windows[:, :, : n - 1] == prefix[:, None, :]).all(-1)  # (B, L-n+1)
+            matches = within.expand(windows.shape[:2])
+        else:  # what the next token would extend: the last n-1 tokens (indices clamped while fewer exist: nothing is within)
+            last = (length - (n - 1) + torch.arange(n - 1, device=input_ids.device)).clamp(min=0)
+            prefix = input_ids[:, last]  # (B, n-1)
+            matches = (windows[:, :, : n - 1] == prefix[:, None, :]).all(-1) & within  # (B, L-n+1)
         counts = torch.zeros_like(scores, dtype=torch.int32).scatter_add_(1, windows[:, :, n - 1], matches.int())
         return scores.masked_fill(counts > 0, -float("inf"))
 

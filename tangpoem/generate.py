@@ -85,7 +85,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     token position (everything after the prompt, up to the first EOS), never by splitting strings."""
     from tqdm.auto import tqdm
 
-    from tangpoem.fast.decode import graphed_decoding
+    from tangpoem.fast.decode import graphed_sampling
 
     model.eval()
     device = next(model.parameters()).device
@@ -95,14 +95,21 @@ def generate(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], cfg: C
     prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in rows]
     size = cfg.generation_batch_size
     longest = max((len(p) for p in prompts), default=0) + cfg.max_new_tokens
-    graphs = graphed_decoding(model, longest) if cfg.static_cache else contextlib.nullcontext()
+
+    def transformers_sampling(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
+                                logits_processor=processors)
+        return output[:, input_ids.shape[1] :]
+
+    # static_cache on a GPU: each new token's step (forward, decoding rules, choice) replayed as one CUDA graph
+    graphed = (graphed_sampling(model, processors, cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id, longest) if cfg.static_cache else contextlib.nullcontext())
     # cuDNN's attention plans every new shape, so each new prompt length would pay for a plan (docs/speed-log.md, run 10)
-    with graphs, sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+    with graphed as sampler, sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        sample = sampler or transformers_sampling
         for start in tqdm(range(0, len(prompts), size), desc="generate", disable=not (progress and interactive())):
             batch = {k: v.to(device) for k, v in left_pad(prompts[start : start + size], tokenizer.pad_token_id).items()}
-            output = model.generate(**batch, generation_config=gen_config, logits_processor=processors)
-            new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new)
-            for tokens in new_tokens:
+            for tokens in sample(**batch).tolist():  # (B, new)
                 text = tokenizer.decode(cut_at_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True)
                 predictions.append(" ".join(text.split()))  # one line per poem in results.txt
     return predictions
@@ -112,13 +119,17 @@ def demo_rows(couplets: Sequence[str] = DEMO_COUPLETS) -> list[Row]:
     return [Row(INSTRUCTION, c) for c in couplets]
 
 
-def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tuple[torch.nn.Module, Any, Path | None]:
+def load_for_generation(cfg: Config, adapter: str | Path | None = "auto",
+                        adapter_apart: bool = False) -> tuple[torch.nn.Module, Any, Path | None]:
     """Base model plus the adapter picked by `checkpoint_index` ("auto"; "best": by `best_metric`), a given adapter
     dir, or none (None).
 
-    With `dense_generation`, the NF4 weights under the adapter are then dequantized once (tangpoem.fast.dense):
-    the same products as the 4-bit layers and the adapter's own arithmetic, so the same tokens, without
-    dequantizing in every step; and the decode step can be replayed as a CUDA graph (`static_cache`)."""
+    With `dense_generation`, the NF4 weights are then dequantized once and the adapter merged into them
+    (tangpoem.fast.dense, as `tangpoem export --merged` does): one product per layer instead of a 4-bit one
+    plus the adapter's four small kernels, in every step; the tokens are those of the 4-bit model with its
+    adapter up to the rounding of W + B·A (a near tie at most). The decode step can then be replayed as a
+    CUDA graph (`static_cache`). With `adapter_apart` (the app, which swaps adapters and switches them off) the
+    adapter stays a peft adapter beside the dequantized weights."""
     device = resolve_device(cfg)
     if adapter == "auto":
         adapter = pick_checkpoint(cfg.output_dir, cfg.checkpoint_index, cfg.best_metric)
@@ -129,9 +140,13 @@ def load_for_generation(cfg: Config, adapter: str | Path | None = "auto") -> tup
     if adapter is not None:
         model = load_adapter(model, str(adapter))
     if cfg.dense_generation:
-        from tangpoem.fast.dense import dequantize_4bit_layers
+        from tangpoem.fast.dense import dequantize_4bit_layers, merge_lora_dequantized
 
-        dequantize_4bit_layers(model, resolve_compute_dtype(cfg, device))
+        dtype = resolve_compute_dtype(cfg, device)
+        if adapter is None or adapter_apart:
+            dequantize_4bit_layers(model, dtype)
+        else:
+            model = merge_lora_dequantized(model, dtype)
     model.config.use_cache = True
     return model, tokenizer, Path(adapter) if adapter else None
 

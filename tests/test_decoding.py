@@ -25,6 +25,19 @@ def test_device_ngram_bans_equal_transformers(n):
         assert torch.equal(actual, expected)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_ngram_bans_in_a_fixed_buffer_are_the_bans_of_the_sequence_so_far(n):
+    """The CUDA-graph sampler's form: a buffer of fixed width, its first `length` tokens the sequence, the rest
+    pads that must ban nothing."""
+    generator = torch.Generator().manual_seed(n)
+    ban = DeviceNoRepeatNGram(n)
+    for length in (1, 2, 3, 9, 30):
+        sequence = torch.randint(1, 7, (5, length), generator=generator)
+        buffer = torch.cat([sequence, torch.zeros(5, 40 - length, dtype=torch.long)], dim=1)  # pad id 0 after it
+        scores = torch.randn(5, 11, generator=generator)
+        assert torch.equal(ban.in_buffer(buffer, torch.tensor(length), scores.clone()), ban(sequence, scores.clone())), (n, length)
+
+
 @pytest.fixture
 def tiny_model():
     tokenizer = fix_pad_token(tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES["tiny-mistral"]))
@@ -146,3 +159,66 @@ def test_sliding_window_caches_are_never_replayed_and_the_window_lifts_within_it
     assert torch.equal(full.sequences, plain)
     with full_attention_within_window(model, 65) as lifted:  # longer than the window: kept
         assert not lifted and model.config.sliding_window == 64
+
+
+SAMPLINGS = [dict(do_sample=False), dict(), dict(temperature=1.0, top_p=0.9, top_k=20), dict(min_new_tokens=12, temperature=1.0, top_p=1.0),
+             dict(stop_by_probability=True, temperature=0.7)]
+
+
+@pytest.mark.parametrize("settings", SAMPLINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "homework")
+def test_graphed_sampler_run_eagerly_gives_generates_very_tokens(tiny_name, tiny_config, course_dir, settings):
+    """The sampler that a GPU replays as one CUDA graph a token, run step by step on the CPU: the tokens of
+    transformers' generate with the same processors, static cache and seed, sampled ones included."""
+    from tangpoem.fast.decode import GraphedSampler
+
+    tokenizer = fix_pad_token(tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[tiny_name]))
+    model = tiny.build_model(tiny_name, tokenizer).eval()
+    cfg = tiny_config(max_new_tokens=30, static_cache=True, **settings)
+    batch = left_pad([encode_prompt(tokenizer, r.instruction, r.input) for r in load_test_rows(course_dir)], tokenizer.pad_token_id)
+    gen_config, processors = fast_generation_config(cfg, tokenizer)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        expected = model.generate(**batch, generation_config=gen_config, logits_processor=processors)[:, batch["input_ids"].shape[1]:]
+    torch.manual_seed(3)
+    sampler = GraphedSampler(model, processors, cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample, tokenizer.eos_token_id,
+                             tokenizer.pad_token_id, graphs=False)
+    with torch.no_grad():
+        actual = sampler(**batch)
+    assert torch.equal(actual, expected)
+
+
+def test_graphed_sampler_pads_ended_rows_and_stops_when_every_row_has_ended(course_dir):
+    """nano ends its poems: rows that ended get pads, as generate gives them, and the sampler stops within
+    `check_every` tokens of the last row's end (generate at once: its extra columns are pads)."""
+    from tangpoem.config import load_config
+    from tangpoem.fast.decode import GraphedSampler
+    from tangpoem.generate import load_for_generation
+
+    cfg = load_config("nano-cpu", {"static_cache": True, "max_new_tokens": 96, "data_dir": str(course_dir), "do_sample": False})
+    model, tokenizer, _ = load_for_generation(cfg, adapter=None)
+    prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in load_test_rows(course_dir)]
+    gen_config, processors = fast_generation_config(cfg, tokenizer)
+
+    def generate_new_tokens(batch):
+        with torch.no_grad():
+            return model.generate(**batch, generation_config=gen_config, logits_processor=processors)[:, batch["input_ids"].shape[1]:]
+
+    ended = (generate_new_tokens(left_pad(prompts, tokenizer.pad_token_id)) == tokenizer.eos_token_id).any(1).tolist()
+    batch = left_pad([p for p, e in zip(prompts, ended) if e], tokenizer.pad_token_id)  # the poems nano ends (greedy)
+    assert sum(ended) >= 5
+    expected = generate_new_tokens(batch)
+    with torch.no_grad():
+        actual = GraphedSampler(model, processors, cfg.max_new_tokens, 0, False, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                graphs=False, check_every=8)(**batch)
+    assert (expected == tokenizer.eos_token_id).any(1).all() and expected.shape[1] < cfg.max_new_tokens  # every row ended
+    width = expected.shape[1]
+    assert width <= actual.shape[1] < width + 8
+    assert torch.equal(actual[:, :width], expected) and bool((actual[:, width:] == tokenizer.pad_token_id).all())
+
+
+def test_graphed_sampling_leaves_cpu_models_to_transformers(tiny_model):
+    from tangpoem.fast.decode import graphed_sampling
+
+    model, tokenizer = tiny_model
+    with graphed_sampling(model, [], 8, 0, False, tokenizer.eos_token_id, tokenizer.pad_token_id, 64) as sampler:
+        assert sampler is None

@@ -211,9 +211,10 @@ def test_cuda_graphs_give_their_memory_pool_back_after_training(small_mistral, t
 
 def test_dense_generation_is_the_users_fast_path_and_writes_the_same_poems(small_mistral, tmp_path, course_dir):
     """generate_test_results, the function behind `tangpoem generate` and notebook 06: with breeze-h100's
-    dense_generation and static_cache (the NF4 weights under the adapter dequantized once, the decode step
-    replayed as a CUDA graph) greedy decoding writes the results.txt of the plain NF4 path."""
-    common = dict(compute_dtype="bfloat16", max_steps=2, save_steps=2, do_sample=False, max_new_tokens=32,
+    dense_generation and static_cache (the adapter merged into the NF4 weights dequantized once, each new
+    token's step replayed as a CUDA graph) greedy decoding writes the results.txt of the plain NF4 path."""
+    # float32: the merged weights then differ from the 4-bit layers' products by ~1e-6, not by bf16 rounding
+    common = dict(compute_dtype="float32", max_steps=2, save_steps=2, do_sample=False, max_new_tokens=32,
                   gradient_checkpointing=False)
     cfg = gpu_config(small_mistral, tmp_path, course_dir, **common)
     train(cfg)
@@ -226,6 +227,35 @@ def test_dense_generation_is_the_users_fast_path_and_writes_the_same_poems(small
     assert again.txt.read_text(encoding="utf-8") == plain.txt.read_text(encoding="utf-8")
     print(f"generation: plain NF4 {plain.generate_seconds:.2f} s, dense + graphed {dense.generate_seconds:.2f} s "
           f"(second call {again.generate_seconds:.2f} s); loading {plain.load_seconds:.2f} s / {dense.load_seconds:.2f} s")
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_graphed_sampler_replays_the_tokens_it_makes_step_by_step(small_mistral, tmp_path, course_dir, do_sample):
+    """GraphedSampler with each token's step replayed as a CUDA graph against the same steps run one by one:
+    the same tokens, greedy and sampled (the graph draws from the same generator, in the same order); two
+    batches of other shapes, each captured anew."""
+    from tangpoem.fast.decode import GraphedSampler
+    from tangpoem.fast.dense import merge_lora_dequantized
+    from tangpoem.generate import fast_generation_config, left_pad
+    from tangpoem.tokens import encode_prompt
+
+    cfg = gpu_config(small_mistral, tmp_path, course_dir, compute_dtype="bfloat16", max_steps=2, save_steps=2,
+                     gradient_checkpointing=False, do_sample=do_sample, max_new_tokens=40, static_cache=True)
+    model = merge_lora_dequantized(train(cfg).model, torch.bfloat16)
+    tokenizer = load_tokenizer(cfg)
+    _, processors = fast_generation_config(cfg, tokenizer)
+    prompts = [encode_prompt(tokenizer, r.instruction, r.input) for r in load_test_rows(course_dir)]
+    for chunk in (prompts[:8], prompts[8:]):
+        batch = {k: v.cuda() for k, v in left_pad(chunk, tokenizer.pad_token_id).items()}
+        runs = {}
+        for graphs in (False, True):
+            torch.manual_seed(5)
+            sampler = GraphedSampler(model, processors, cfg.max_new_tokens, 0, do_sample, tokenizer.eos_token_id,
+                                     tokenizer.pad_token_id, graphs=graphs)
+            with torch.no_grad():
+                runs[graphs] = sampler(**batch)
+            assert sampler.captures == int(graphs)
+        assert torch.equal(runs[True], runs[False]), (runs[True] != runs[False]).sum()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from typing import Any, Iterator
 
 import torch
@@ -76,6 +78,104 @@ class GraphedDecodeStep:
         self.captures += 1
 
 
+class GraphedSampler:
+    """transformers' sampling loop (`generate` with a static KV cache: the prompt's forward, then for each new
+    token the forward, the decoding rules, the choice of the token) with each new token's step one CUDA graph
+    replay. The forward, the rules (`processors`) and the bookkeeping are recorded once per batch; the CPU
+    then only replays, and reads whether every row has ended once every `check_every` tokens.
+
+    Why not generate with a replayed forward alone (GraphedDecodeStep): generate's Python and the rules'
+    kernels, launched one by one at every token, cost about what the forward does on the GPU. Same
+    semantics as generate with these processors: its MinNewTokens rule first, then the processors in order,
+    sampling by torch.multinomial on their softmax (argmax when greedy), pads after a row's EOS; drawn from
+    the same generator in the same order, so a CPU run (graphs=False) gives generate's very tokens."""
+
+    def __init__(self, model: torch.nn.Module, processors: Any, max_new_tokens: int, min_new_tokens: int,
+                 do_sample: bool, eos_token_id: int | None, pad_token_id: int, graphs: bool = True, check_every: int = 8) -> None:
+        from tangpoem.decoding import DeviceNoRepeatNGram
+
+        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.processors, self.ngram_type = processors, DeviceNoRepeatNGram
+        self.max_new_tokens, self.min_new_tokens, self.do_sample = max_new_tokens, min_new_tokens, do_sample
+        self.eos, self.pad, self.graphs, self.check_every = eos_token_id, pad_token_id, graphs, check_every
+        # transformers 5.17 names the cache `past_key_values`; later 5.x `cache` (the old name warns)
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_key = "cache" if "cache" in params else "past_key_values"
+        self.captures = 0
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The new tokens of each row, (B, new): pads after a row's EOS; fewer than max_new_tokens columns when
+        every row ended sooner."""
+        from transformers import StaticCache
+
+        rows, prompt = input_ids.shape
+        total, device = prompt + self.max_new_tokens, input_ids.device
+        self.prompt = prompt
+        self.tokens = torch.full((rows, total), self.pad, dtype=torch.long, device=device)
+        self.tokens[:, :prompt] = input_ids
+        self.allowed = torch.ones((rows, total), dtype=torch.bool, device=device)  # keys a row may attend to
+        self.allowed[:, :prompt] = attention_mask.bool()
+        self.key_index = torch.arange(total, device=device)
+        self.length = torch.tensor(prompt, device=device)  # tokens so far (a tensor: the replays advance it)
+        self.unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        cache = StaticCache(config=self.model.config, max_cache_len=total)
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as generate's
+        self.next_position = positions[:, -1:] + 1
+        self.cache_inputs = {self.cache_key: cache, "use_cache": True}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=1,
+                            **self.cache_inputs).logits
+        self.choose(logits)
+        steps = self.max_new_tokens - 1
+        graph = self.capture() if self.graphs and steps else None
+        done = 0
+        while done < steps:
+            graph.replay() if graph is not None else self.step()
+            done += 1
+            if done % self.check_every == 0 and not bool(self.unfinished.any()):
+                break
+        new = self.tokens[:, prompt : prompt + 1 + done]
+        self.tokens = self.allowed = self.cache_inputs = None  # the cache's memory goes with the call
+        return new
+
+    def step(self) -> None:
+        """One new token: the last one's forward through the cache, then the choice (in place: replayable)."""
+        last = self.tokens.gather(1, (self.length - 1).expand(self.tokens.shape[0], 1))
+        mask = (self.allowed & (self.key_index < self.length))[:, None, None, :]  # (B, 1, 1, keys): sdpa's bool mask
+        logits = self.model(input_ids=last, attention_mask=mask, position_ids=self.next_position, **self.cache_inputs).logits
+        self.next_position.add_(1)
+        self.choose(logits)
+
+    def choose(self, logits: torch.Tensor) -> None:
+        scores = logits[:, -1].float()
+        if self.min_new_tokens and self.eos is not None:  # generate's MinNewTokensLengthLogitsProcessor
+            early = self.length - self.prompt < self.min_new_tokens
+            scores[:, self.eos] = torch.where(early, torch.full_like(scores[:, self.eos], -math.inf), scores[:, self.eos])
+        for processor in self.processors:
+            scores = (processor.in_buffer(self.tokens, self.length, scores) if isinstance(processor, self.ngram_type)
+                      else processor(self.tokens, scores))  # the others read only the scores
+        if self.do_sample:
+            chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            chosen = torch.argmax(scores, dim=-1)
+        chosen = torch.where(self.unfinished, chosen, torch.full_like(chosen, self.pad))
+        self.tokens.scatter_(1, self.length.expand(chosen.shape[0], 1), chosen[:, None])
+        if self.eos is not None:
+            self.unfinished &= chosen != self.eos
+        self.length.add_(1)
+
+    def capture(self) -> torch.cuda.CUDAGraph:
+        from tangpoem.fast.graphs import warm_up_cublas
+
+        # No eager warm-up step: the prompt's forward and the first choice ran eagerly; only cuBLAS's handles
+        # for the capture's stream are new. Recording runs nothing: the first replay makes the second token.
+        warm_up_cublas(self.tokens.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.step()
+        self.captures += 1
+        return graph
+
+
 @contextlib.contextmanager
 def full_attention_within_window(model: torch.nn.Module, longest: int) -> Iterator[bool]:
     """Within, a sliding-window model (Mistral's configs set a 4096-token window, Breeze's too) attends
@@ -115,3 +215,21 @@ def graphed_decoding(model: torch.nn.Module, longest: int) -> Iterator[GraphedDe
             del root.get_compiled_call
         else:
             root.get_compiled_call = shadowed
+
+
+@contextlib.contextmanager
+def graphed_sampling(model: torch.nn.Module, processors: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool,
+                     eos_token_id: int | None, pad_token_id: int, longest: int) -> Iterator[GraphedSampler | None]:
+    """Within, a GraphedSampler for `model`, or None where transformers' generate stays: the CPU, models with 4-bit
+    (bitsandbytes) layers (their kernels are not known to be capture-safe), attention other than sdpa (the
+    sampler's masks are sdpa's), and sliding windows shorter than `longest` tokens (prompt and new tokens)."""
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(root.parameters()).device
+    if (device.type != "cuda" or getattr(root, "hf_quantizer", None) is not None
+            or getattr(root.config, "_attn_implementation", None) != "sdpa"):
+        yield None
+        return
+    with full_attention_within_window(root, longest) as lifted:
+        window = getattr(root.config, "sliding_window", None)
+        yield GraphedSampler(model, processors, max_new_tokens, min_new_tokens, do_sample, eos_token_id,
+                             pad_token_id) if lifted or window is None else None
