@@ -117,6 +117,7 @@ class Run:
     total_steps: int
     history: list[dict[str, float]]
     micro_loss: Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]  # (rows, answer tokens of the step, last)
+    sync_gradients: Callable[[], None]  # the ranks' gradients made one before the step (or nothing to do)
     order: Callable[[int], Sequence[int]]  # epoch -> its rows in training order
     reader: Any  # callbacks.StepReader: a step's loss and grad norm as a record
     modes: contextlib.ExitStack  # held while the loop runs: the output_dir's lock and the levers' modes
@@ -242,15 +243,16 @@ def optimizer_and_schedule(cfg: Config, params: list[torch.nn.Parameter], device
 
 
 def eager_micro_loss(cfg: Config, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype,
-                     ranks: Distributed) -> Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]:
-    """The micro-step's loss: batch layout, loss, mixed precision and DDP, each chosen here once."""
+                     ranks: Distributed, ddp_hooks: bool) -> Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]:
+    """The micro-step's loss: batch layout, loss, mixed precision and DDP (`ddp_hooks`: torch's DDP wrapper;
+    without it under several ranks, fast.levers.gradient_sync averages the gradients), each chosen here once."""
     train_model = model
-    if ranks.world_size > 1:
+    if ddp_hooks:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
     autocast = device.type == "cuda" and dtype != torch.float32
     make_batch = packed_batch if cfg.padding_free else padded_batch
     compute_loss = answer_logits_loss if cfg.answer_logits_only else full_logits_loss
-    accumulate = train_model.no_sync if ranks.world_size > 1 else contextlib.nullcontext  # gradients sync on the last micro-batch
+    accumulate = train_model.no_sync if ddp_hooks else contextlib.nullcontext  # gradients sync on the last micro-batch
 
     def micro_loss(rows: Sequence[EncodedRow], num_items: int, last: bool) -> torch.Tensor:
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in make_batch(rows, tokenizer.pad_token_id).items()}
@@ -307,9 +309,9 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
             set_rng_state(state["rng"])
             log(f"resume: from {latest} (step {start_step} of {total_steps})")
 
-        micro_loss = eager_micro_loss(cfg, model, tokenizer, device, dtype, ranks)
+        micro_loss = eager_micro_loss(cfg, model, tokenizer, device, dtype, ranks, levers.ddp_hooks(cfg, ranks))
         run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
-                  total_steps, history, micro_loss, epoch_order(cfg, dataset.lengths),
+                  total_steps, history, micro_loss, levers.gradient_sync(cfg, params, ranks), epoch_order(cfg, dataset.lengths),
                   levers.step_reader(cfg, device, ranks, epoch_steps), held, params, eval_history=eval_history)
         if cfg.val_size:
             run.evaluator = Evaluator(cfg, tokenizer, device, dtype, functools.partial(levers.evaluation_modes, model, cfg))
@@ -321,7 +323,7 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         if cfg.cuda_graphs and start_step < total_steps:
             run_batches = [m for step in range(total_steps) for m in run.micro_batches(run.step_rows(step))]
             run.micro_loss, run.graph_shape = levers.graphed_micro_loss(
-                run.modes, model, micro_loss, run_batches, params, tokenizer.pad_token_id, dtype, device, run.timings, log)
+                run.modes, model, micro_loss, run_batches, params, tokenizer.pad_token_id, dtype, device, ranks, run.timings, log)
     except BaseException:
         held.close()
         raise
@@ -353,6 +355,7 @@ def train_loop(run: Run, callbacks: Callback) -> None:
             except torch.OutOfMemoryError as error:
                 step_loss = loss = None  # the failed pass's graph goes
                 run.halve_micro_batches(step, error)  # or stop with one line
+        run.sync_gradients()  # DDP under CUDA graphs: the ranks' mean gradient (DDP's hooks do it otherwise)
         scaler.unscale_(optimizer)  # fp16: the true gradients, before clipping them
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf)
         scaler.step(optimizer)  # fp16: skipped when a gradient is inf/nan

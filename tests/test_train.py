@@ -170,6 +170,48 @@ def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
     assert abs(evaluations[0][0]["val_loss"] - evaluations[1][0]["val_loss"]) < 1e-4
 
 
+# torchrun's ranks with the gradient averaging that DDP under CUDA graphs uses (fast.levers.gradient_sync),
+# chosen here without the graphs (which need CUDA)
+FLAT_SYNC = textwrap.dedent(
+    """
+    import sys
+    import tangpoem.fast.levers as levers
+    levers.ddp_hooks = lambda cfg, ranks: False
+    chosen = levers.gradient_sync
+
+    def gradient_sync(cfg, params, ranks):  # says once whether the gradients are views of the flat buffers
+        sync = chosen(cfg, params, ranks)
+        print("gradients in flat buffers:", all(p.grad is not None and p.grad._base is not None for p in params))
+        return sync
+
+    levers.gradient_sync = gradient_sync
+    from tangpoem.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_with_one_flat_all_reduce_matches_ddps_hooks_and_a_single_process(tmp_path, course_dir):
+    """DDP under CUDA graphs averages the ranks' gradients in one all-reduce of a flat buffer after the step's
+    micro-batches (DDP's hooks cannot join a captured backward). Two ranks (gloo) with that averaging, two
+    micro-batches a step: the adapter of a single process, and the losses it logs."""
+    common = {**SMALL, "max_steps": 4, "data_dir": course_dir, "lora_dropout": 0.0, "micro_batch_size": 2}
+    single = _train_cli({**common, "output_dir": tmp_path / "single"})
+    script = tmp_path / "flat_sync.py"
+    script.write_text(FLAT_SYNC, encoding="utf-8")
+    sets = [a for k, v in {**common, "output_dir": tmp_path / "flat"}.items() for a in ("--set", f"{k}={v}")]
+    result = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+                   "train", "--config", "tiny-cpu", *sets])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("gradients in flat buffers: True") == 2  # on each rank
+    expected, actual = _adapter(tmp_path / "single"), _adapter(tmp_path / "flat")
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-5), name
+    losses = [[line.split()[3] for line in out.splitlines() if line.startswith("step ")] for out in (single.stdout, result.stdout)]
+    assert losses[0] == losses[1] and len(losses[0]) == 2  # steps 2 and 4 logged, by rank 0 only
+
+
 def _assert_same_training(tiny_config, common: dict, variant: dict, digits: int = 4, atol: float = 1e-5):
     """Train with `common`, then with `common` + `variant`: same losses (to `digits`) and adapters (to `atol`)."""
     root = Path(tiny_config().output_dir)

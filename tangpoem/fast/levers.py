@@ -23,9 +23,6 @@ def check_training_levers(cfg: Config, device: torch.device, ranks: Distributed)
 
     if cfg.varlen_attention and (why := check_varlen_device(device)):
         raise InputError(f"config key 'varlen_attention' = True: {why}; set {setting('varlen_attention', False)}")
-    if cfg.cuda_graphs and ranks.world_size > 1:
-        raise InputError("config key 'cuda_graphs' = True: one GPU only (DDP's gradient hooks are not captured); "
-                         f"set {setting('cuda_graphs', False)}")
 
 
 def prepare_base(base: torch.nn.Module, cfg: Config, dtype: torch.dtype) -> torch.nn.Module:
@@ -88,10 +85,11 @@ def evaluation_modes(model: torch.nn.Module, cfg: Config) -> Iterator[None]:
 
 def graphed_micro_loss(stack: contextlib.ExitStack, model: torch.nn.Module, eager: MicroLoss,
                        run_batches: list[list[EncodedRow]], params: list[torch.nn.Parameter], pad_token_id: int,
-                       dtype: torch.dtype, device: torch.device, timings: dict[str, float],
+                       dtype: torch.dtype, device: torch.device, ranks: Distributed, timings: dict[str, float],
                        log: Callable[[str], None]) -> tuple[MicroLoss, Any]:
-    """cuda_graphs: every full micro-batch of the run padded to one shape and replayed as the captured forward
-    and backward (a shorter last micro-batch runs eagerly). Returns the micro-step and the captured shape."""
+    """cuda_graphs: every full micro-batch of this rank's share of the run padded to one shape and replayed as the
+    captured forward and backward (a shorter last micro-batch runs eagerly). Returns the micro-step and the
+    captured shape. Under DDP each rank captures its own graphs; `gradient_sync` averages the gradients."""
     from tangpoem.fast.graphs import GraphedLoss, static_shape
 
     shape = static_shape(run_batches)  # of the whole run, so that a resumed run replays the same graphs
@@ -102,13 +100,13 @@ def graphed_micro_loss(stack: contextlib.ExitStack, model: torch.nn.Module, eage
     torch.cuda.synchronize(device)
     timings["capture_seconds"] = time.perf_counter() - captured
     log(f"cuda graphs: captured micro-batches of {shape.rows} rows padded to {shape.length} tokens "
-        f"in {timings['capture_seconds']:.1f} s")
+        f"in {timings['capture_seconds']:.1f} s" + (f" on each of {ranks.world_size} GPUs" if ranks.world_size > 1 else ""))
 
     def micro_loss(rows: Sequence[EncodedRow], num_items: int, last: bool) -> torch.Tensor:
         if not graphed.fits(rows):
             return eager(rows, num_items, last)
         graphed.own_gradients(params)
-        return graphed(rows) / num_items
+        return graphed(rows) * (ranks.world_size / num_items)  # under DDP, the ranks' mean is the step's loss
 
     return micro_loss, shape
 
@@ -119,3 +117,38 @@ def step_reader(cfg: Config, device: torch.device, ranks: Distributed, steps_per
     from tangpoem.fast.reads import DeferredStepReader
 
     return (DeferredStepReader if cfg.deferred_reads and device.type == "cuda" else StepReader)(ranks, steps_per_epoch)
+
+
+def ddp_hooks(cfg: Config, ranks: Distributed) -> bool:
+    """Whether DDP's own hooks average the gradients (torch's DistributedDataParallel wraps the model): under
+    DDP, except with cuda_graphs, whose captured backward the hooks cannot join (gradient_sync does it then)."""
+    return ranks.world_size > 1 and not cfg.cuda_graphs
+
+
+def gradient_sync(cfg: Config, params: list[torch.nn.Parameter], ranks: Distributed) -> Callable[[], None]:
+    """What makes the ranks' gradients one before each optimizer step. One GPU, or DDP's own hooks (which
+    all-reduce during the backward): nothing. Under DDP with cuda_graphs, whose captured backward DDP's hooks
+    cannot join: every trainable parameter's gradient becomes a view of one flat buffer per dtype, and
+    the step's gradients are averaged over the ranks in one all-reduce of each buffer, outside the graphs.
+    The ranks start from rank 0's parameters, as DDP's do."""
+    if ranks.world_size == 1 or ddp_hooks(cfg, ranks):
+        return lambda: None
+    import torch.distributed as dist
+
+    buckets = []
+    for dtype in sorted({p.dtype for p in params}, key=str):
+        group = [p for p in params if p.dtype == dtype]
+        flat = torch.zeros(sum(p.numel() for p in group), dtype=dtype, device=group[0].device)
+        offset = 0
+        for param in group:
+            dist.broadcast(param.data, src=0)
+            param.grad = flat[offset : offset + param.numel()].view_as(param)  # accumulated into in place
+            offset += param.numel()
+        buckets.append(flat)
+
+    def average_over_ranks() -> None:
+        for flat in buckets:
+            dist.all_reduce(flat)  # a sum: gloo (the CPU's backend) has no average
+            flat.div_(ranks.world_size)
+
+    return average_over_ranks
