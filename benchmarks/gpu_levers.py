@@ -121,6 +121,49 @@ def transformers_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, at
     return out
 
 
+def profiled_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, tokens: int = 16) -> dict[str, Any]:
+    """Where a generated token's time goes: GraphedSampler's steps run one by one (graphs off, so that every
+    kernel is traced) for `tokens` new tokens of the 15 test prompts, under torch.profiler; then the replayed
+    sampler timed with 16 rows (the 15 prompts and the first again) against 15, and with sdpa's math kernel
+    alone against tangpoem's choice (flash, memory-efficient, math)."""
+    from torch.autograd import DeviceType
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+
+    from tangpoem.fast.decode import GraphedSampler
+    from tangpoem.generate import fast_generation_config, left_pad
+    from tangpoem.tokens import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in load_test_rows(cfg.data_dir)]
+    _, processors = fast_generation_config(cfg, tokenizer)
+    chosen = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def sampler(new_tokens: int, graphs: bool) -> GraphedSampler:
+        return GraphedSampler(model, processors, new_tokens, new_tokens, cfg.do_sample, tokenizer.eos_token_id,
+                              tokenizer.pad_token_id, graphs=graphs)
+
+    def run(rows: list[list[int]], new_tokens: int, graphs: bool, backends: list[Any]) -> None:
+        batch = {k: v.cuda() for k, v in left_pad(rows, tokenizer.pad_token_id).items()}
+        with torch.no_grad(), sdpa_kernel(backends):
+            sampler(new_tokens, graphs)(**batch)
+
+    run(prompts, 4, False, chosen)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        run(prompts, tokens, False, chosen)
+    kernels = [e for e in profiler.key_averages() if e.device_type == DeviceType.CUDA]
+    per_token = lambda microseconds: microseconds / tokens / 1000  # noqa: E731  (ms a token, the prompt's forward included)
+    out: dict[str, Any] = {
+        "tokens_profiled": tokens, "gpu_kernel_ms_per_token": per_token(sum(e.self_device_time_total for e in kernels)),
+        "costliest_kernels": [{"name": e.key[:100], "calls_per_token": e.count / tokens, "gpu_ms_per_token": per_token(e.self_device_time_total)}
+                              for e in sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:25]]}
+    for label, rows, backends in (("15 rows", prompts, chosen), ("16 rows", [*prompts, prompts[0]], chosen),
+                                  ("15 rows, sdpa math only", prompts, [SDPBackend.MATH])):
+        run(rows, 8, True, backends)  # this shape's first capture
+        _, seconds, _ = timed(lambda rows=rows, backends=backends: run(rows, 128, True, backends))
+        out[f"replayed, 128 tokens, {label}: seconds"] = seconds
+    return out
+
+
 def profiled_training(cfg: Any, active: int = 3, wait: int = 4) -> dict[str, Any]:
     """torch.profiler over `active` steps of tangpoem's loop, after `wait` steps and one warm-up step: GPU
     kernel time and CPU time a step against the wall clock, the costliest kernels and the CPU's costliest
@@ -242,13 +285,13 @@ def main() -> None:
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-speed"))
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--levers", default="", help=f"each lever on and off: any of {','.join([*LEVER_GROUPS, 'generate'])}")
+    parser.add_argument("--levers", default="", help=f"each lever on and off: any of {','.join([*LEVER_GROUPS, 'generate', 'generate-profile'])}")
     parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="with --profile: config keys to change from breeze-h100")
     args = parser.parse_args()
     chosen = [g for g in args.levers.split(",") if g]
-    if unknown := set(chosen) - {*LEVER_GROUPS, "generate"}:
+    if unknown := set(chosen) - {*LEVER_GROUPS, "generate", "generate-profile"}:
         parser.error(f"--levers: unknown group(s) {', '.join(sorted(unknown))}")
     if not chosen and not args.profile:
         parser.error("say --levers GROUPS or --profile")
@@ -289,12 +332,20 @@ def main() -> None:
 
         results["figures"][label] = stage(f"lever: {label}", lever)
         release()
-    if "generate" in chosen:  # timing does not depend on the weights: fresh (zero-delta) adapters
-        from tangpoem.fast.dense import dequantize_4bit_layers, merge_lora_dequantized
-        from tangpoem.model import add_lora, load_base_model, load_tokenizer
+    # generation: timing does not depend on the weights, so fresh (zero-delta) adapters
+    from tangpoem.fast.dense import dequantize_4bit_layers, merge_lora_dequantized
+    from tangpoem.model import add_lora, load_base_model, load_tokenizer
 
+    static, dynamic = (load_config(None, {**fast.to_dict(), "static_cache": on}) for on in (True, False))
+    if "generate-profile" in chosen:
         tokenizer = load_tokenizer(fast)
-        static, dynamic = (load_config(None, {**fast.to_dict(), "static_cache": on}) for on in (True, False))
+        merged = merge_lora_dequantized(add_lora(load_base_model(fast), fast), torch.bfloat16)
+        label = "generate: merged, where a token's time goes"
+        results["figures"][label] = stage(label, lambda: profiled_generation(merged, tokenizer, static))
+        del merged
+        release()
+    if "generate" in chosen:
+        tokenizer = load_tokenizer(fast)
         apart = add_lora(load_base_model(fast), fast)  # the app's layout: the adapter beside the dense weights
         dequantize_4bit_layers(apart, torch.bfloat16)
         results["figures"]["generate: adapter apart, GraphedSampler"] = stage(

@@ -251,7 +251,7 @@ def training_state(run: Run, step: int) -> dict[str, Any]:
     """What a resumed run needs besides the adapter weights."""
     return {"step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "history": run.history, "rng": rng_state(), "config": run.cfg.to_dict(),
-            "data_sha256": run.dataset.fingerprint, "eval_history": run.eval_history}
+            "data_sha256": run.dataset.fingerprint, "eval_history": run.eval_history, "world_size": run.ranks.world_size}
 
 
 def default_callbacks(run: Run) -> list[Callback]:

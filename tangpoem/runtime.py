@@ -65,7 +65,9 @@ def setup_distributed() -> Distributed:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # the rank's GPU named here: NCCL's barrier() would otherwise guess it, and warn that it does
+        device = {"device_id": torch.device("cuda", local_rank)} if torch.cuda.is_available() else {}
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **device)
     return Distributed(dist.get_rank(), world_size, local_rank)
 
 

@@ -51,16 +51,21 @@ def shuffled_order(num_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(num_rows, generator=generator).tolist())
 
 
-def epoch_order(cfg: Config, lengths: Sequence[int]) -> Callable[[int], Sequence[int]]:
+def epoch_order(cfg: Config, lengths: Sequence[int], world_size: int = 1) -> Callable[[int], Sequence[int]]:
     """epoch -> its rows in training order: shuffled; with `balanced_steps`, then evened out in tokens over
-    the micro-batches (tangpoem.fast.balance). Each epoch's order is computed once."""
+    the micro-batches that one rank runs (tangpoem.fast.balance). Each epoch's order is computed once."""
     order = functools.partial(shuffled_order, len(lengths), cfg.seed)
     if cfg.balanced_steps:
         from tangpoem.fast.balance import balance_micro_batches
 
-        shuffled = order
-        order = lambda epoch: balance_micro_batches(shuffled(epoch), lengths, cfg.micro_batch_size)  # noqa: E731
+        shuffled, size = order, min(cfg.micro_batch_size, rank_share(cfg.batch_size, world_size))
+        order = lambda epoch: balance_micro_batches(shuffled(epoch), lengths, size)  # noqa: E731
     return functools.lru_cache(maxsize=None)(order)  # a few epochs at most; the set-up and the loop both ask
+
+
+def rank_share(rows: int, world_size: int) -> int:
+    """How many of a step's rows each rank takes (the last rank may take fewer)."""
+    return -(-rows // world_size)
 
 
 def steps_per_epoch(dataset: EncodedDataset, cfg: Config) -> int:
@@ -139,8 +144,10 @@ class Run:
         return rows_of_step(self.dataset, self.cfg, self.order, step)
 
     def micro_batches(self, rows: Sequence[EncodedRow]) -> list[list[EncodedRow]]:
-        """This rank's micro-batches of one step's rows (every world_size-th row)."""
-        local = list(rows)[self.ranks.rank :: self.ranks.world_size]
+        """This rank's micro-batches of one step's rows: its consecutive share of them (which balanced_steps
+        balances as micro-batches of their own)."""
+        share = rank_share(len(rows), self.ranks.world_size)
+        local = list(rows)[self.ranks.rank * share : (self.ranks.rank + 1) * share]
         size = self.micro_batch_size
         return [local[i : i + size] for i in range(0, len(local), size)]
 
@@ -215,13 +222,16 @@ WHAT_IS_LEARNED = ("model_name_or_path", "load_in_4bit", "compute_dtype", "promp
 WHAT_BALANCING_LEARNS = ("micro_batch_size",)
 
 
-def check_resumable(state: dict[str, Any], checkpoint: Path, cfg: Config, dataset: EncodedDataset, force: bool) -> None:
+def check_resumable(state: dict[str, Any], checkpoint: Path, cfg: Config, dataset: EncodedDataset, ranks: Distributed,
+                    force: bool) -> None:
     """Refuse, one line per key, a resume whose config or training rows differ from the checkpoint's in
     anything that changes what is learned; `force` resumes anyway."""
     saved = state.get("config", {})
     changes = [f"  {key}: {saved[key]!r} in {checkpoint.name}, {getattr(cfg, key)!r} now"
                for key in WHAT_IS_LEARNED + (WHAT_BALANCING_LEARNS if cfg.balanced_steps else ())
                if key in saved and saved[key] != getattr(cfg, key)]
+    if cfg.balanced_steps and state.get("world_size", 1) != ranks.world_size:  # balancing evens out each rank's share
+        changes.append(f"  processes (torchrun's ranks): {state.get('world_size', 1)} in {checkpoint.name}, {ranks.world_size} now")
     if state.get("data_sha256", dataset.fingerprint) != dataset.fingerprint:
         changes.append(f"  the training rows (data_dir, num_train_data, cutoff_len or the tokenizer) differ from {checkpoint.name}'s")
     if changes and not force:
@@ -287,7 +297,7 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         latest = resume_point(output_dir, resume, log)
         state = load_training_state(latest) if latest else None
         if state is not None:
-            check_resumable(state, latest, cfg, dataset, force)
+            check_resumable(state, latest, cfg, dataset, ranks, force)
 
         # model: the base (NF4 on a GPU) with fresh LoRA adapters, or the adapters of the checkpoint resumed
         base = levers.prepare_base(load_base_model(cfg, device), cfg, dtype)
@@ -311,7 +321,7 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
 
         micro_loss = eager_micro_loss(cfg, model, tokenizer, device, dtype, ranks, levers.ddp_hooks(cfg, ranks))
         run = Run(cfg, model, tokenizer, dataset, optimizer, scheduler, scaler, device, ranks, output_dir, start_step,
-                  total_steps, history, micro_loss, levers.gradient_sync(cfg, params, ranks), epoch_order(cfg, dataset.lengths),
+                  total_steps, history, micro_loss, levers.gradient_sync(cfg, params, ranks), epoch_order(cfg, dataset.lengths, ranks.world_size),
                   levers.step_reader(cfg, device, ranks, epoch_steps), held, params, eval_history=eval_history)
         if cfg.val_size:
             run.evaluator = Evaluator(cfg, tokenizer, device, dtype, functools.partial(levers.evaluation_modes, model, cfg))

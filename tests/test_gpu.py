@@ -331,8 +331,10 @@ def test_export_merged_breeze_shaped_loads_alone_and_writes_the_adapters_greedy_
 
 def test_out_of_memory_halves_the_micro_batch_under_a_memory_cap(small_mistral, tmp_path, course_dir, capsys):
     """A cap (torch.cuda.set_per_process_memory_fraction) between what micro-batches of 8 and of 16 rows need:
-    the first step runs out of memory at 16, is done again at 8 (said once), and the run ends with the
-    adapter of a run with micro_batch_size 8."""
+    the first step runs out of memory at 16 and is done again at 8 (said), and the run ends with the adapter
+    of a run with micro_batch_size 8. The cap sits a few MiB above the 8-row run's peak, so a later step may
+    halve once more (seen at b77d0c2: step 3 went on in micro-batches of 4); each halving is said, and
+    without dropout the rows per step, and so the adapter, stay the same."""
     import gc
 
     from safetensors.torch import load_file
@@ -367,9 +369,9 @@ def test_out_of_memory_halves_the_micro_batch_under_a_memory_cap(small_mistral, 
         torch.cuda.set_per_process_memory_fraction(1.0)
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("out of memory")]
     print(f"cap {(fits + too_much) / 2 / 2**20:.0f} MiB between 8 rows ({fits / 2**20:.0f} MiB) and 16 ({too_much / 2**20:.0f} MiB): {said}")
-    assert said == ["out of memory at step 1 with micro-batches of 16 rows: from now on 8 (the same 16 rows per optimizer "
-                    "step); `--set micro_batch_size=8` avoids the retry"]
-    assert capped.counts["oom_retries"] == 1
+    assert said[0] == ("out of memory at step 1 with micro-batches of 16 rows: from now on 8 (the same 16 rows per optimizer "
+                       "step); `--set micro_batch_size=8` avoids the retry")
+    assert capped.counts["oom_retries"] == len(said) <= 2
     a, b = (load_file(str(list_checkpoints(r.output_dir)[-1] / "adapter_model.safetensors")) for r in (reference, capped))
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name

@@ -170,6 +170,33 @@ def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
     assert abs(evaluations[0][0]["val_loss"] - evaluations[1][0]["val_loss"]) < 1e-4
 
 
+def test_balanced_steps_under_ddp_balance_each_ranks_share(tiny_config):
+    """Under DDP each rank runs its consecutive share of a step's rows: balanced_steps evens out those
+    shares (8 rows each of 16 on 2 ranks), not the whole step's 16 rows, so that no rank's captured
+    micro-batch is padded for a long share; a resume on another number of processes is refused."""
+    from types import SimpleNamespace
+
+    from tangpoem.data import load_train_rows
+    from tangpoem.model import load_tokenizer
+    from tangpoem.runtime import Distributed
+    from tangpoem.tokens import encode_training_rows
+    from tangpoem.train import check_resumable, epoch_order
+
+    cfg = tiny_config(num_train_data=320, batch_size=16, micro_batch_size=16, balanced_steps=True)
+    lengths = encode_training_rows(load_tokenizer(cfg), load_train_rows(cfg.data_dir, 320), cfg.cutoff_len).lengths
+
+    def share_tokens(order):
+        return [sum(lengths[r] for r in order[i : i + 8]) for i in range(0, 320, 8)]
+
+    one, two = epoch_order(cfg, lengths)(0), epoch_order(cfg, lengths, world_size=2)(0)
+    assert sorted(two) == list(range(320))  # every row once an epoch
+    assert max(share_tokens(two)) <= -(-sum(lengths) // 40) + 2 < max(share_tokens(one))
+    state = {"config": cfg.to_dict(), "world_size": 2}
+    with pytest.raises(InputError, match="processes .*2 in checkpoint-4, 1 now"):
+        check_resumable(state, Path("run/checkpoint-4"), cfg, SimpleNamespace(fingerprint="x"), Distributed(), force=False)
+    check_resumable(state, Path("run/checkpoint-4"), cfg, SimpleNamespace(fingerprint="x"), Distributed(rank=0, world_size=2), force=False)
+
+
 # torchrun's ranks with the gradient averaging that DDP under CUDA graphs uses (fast.levers.gradient_sync),
 # chosen here without the graphs (which need CUDA)
 FLAT_SYNC = textwrap.dedent(
