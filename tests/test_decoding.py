@@ -1,5 +1,7 @@
 """The device-side decoding path gives transformers' semantics exactly."""
 
+import contextlib
+
 import pytest
 import torch
 from transformers import NoRepeatNGramLogitsProcessor
@@ -185,6 +187,37 @@ def test_graphed_sampler_run_eagerly_gives_generates_very_tokens(tiny_name, tiny
     with torch.no_grad():
         actual = sampler(**batch)
     assert torch.equal(actual, expected)
+
+
+def test_grouped_decode_attention_is_sdpas_attention_and_writes_the_same_tokens(tiny_name, course_dir):
+    """The decode step's attention with the query heads of each key/value head grouped as its queries: the
+    attention of transformers' sdpa (which copies the cache to every query head first), and the same greedy
+    tokens through the sampler."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tangpoem.fast.decode import GraphedSampler, grouped_decode_attention, grouped_decode_attention_forward
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, h, length, 16, generator=generator) for h, length in ((8, 1), (2, 20), (2, 20)))
+    mask = torch.ones(3, 1, 1, 20, dtype=torch.bool)
+    mask[1, ..., :5] = mask[2, ..., 14:] = False  # left padding; keys beyond the position
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 4, True
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    actual, _ = grouped_decode_attention_forward(module, query, key, value, mask, scaling=0.25)
+    assert actual.shape == expected.shape == (3, 1, 8, 16) and torch.allclose(actual, expected, atol=1e-6)
+
+    tokenizer = fix_pad_token(tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[tiny_name]))
+    model = tiny.build_model(tiny_name, tokenizer).eval()
+    batch = left_pad([encode_prompt(tokenizer, r.instruction, r.input) for r in load_test_rows(course_dir)], tokenizer.pad_token_id)
+    runs = []
+    for grouped in (False, True):
+        sampler = GraphedSampler(model, [DeviceNoRepeatNGram(3)], 24, 0, False, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                 graphs=False)
+        with torch.no_grad(), grouped_decode_attention(model) if grouped else contextlib.nullcontext():
+            runs.append(sampler(**batch))
+    assert model.config._attn_implementation == "sdpa"  # put back
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_graphed_sampler_pads_ended_rows_and_stops_when_every_row_has_ended(course_dir):

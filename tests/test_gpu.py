@@ -373,5 +373,6 @@ def test_out_of_memory_halves_the_micro_batch_under_a_memory_cap(small_mistral, 
                        "step); `--set micro_batch_size=8` avoids the retry")
     assert capped.counts["oom_retries"] == len(said) <= 2
     a, b = (load_file(str(list_checkpoints(r.output_dir)[-1] / "adapter_model.safetensors")) for r in (reference, capped))
+    atol = 1e-5 if len(said) == 1 else 1e-4  # micro-batches of 4 sum each step's gradient in another order
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+        assert torch.allclose(a[name], b[name], atol=atol), name

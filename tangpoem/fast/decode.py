@@ -1,4 +1,6 @@
-"""Generation's decode step replayed as a CUDA graph: no per-kernel CPU cost, and no compiling."""
+"""Generation on a GPU: each new token's step (forward, decoding rules, choice) replayed as one CUDA graph
+(GraphedSampler), with the decode step's attention reading the grouped key/value cache as it is; no
+per-kernel CPU cost, and no compiling."""
 
 from __future__ import annotations
 
@@ -76,6 +78,43 @@ class GraphedDecodeStep:
             self.output = self.model(**{**inputs, **self.buffers})
         self.graph, self.captured, self.objects = graph, self.signature(inputs), objects
         self.captures += 1
+
+
+GROUPED_DECODE = "tangpoem_grouped_decode"
+
+
+def grouped_decode_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature, for a decode step (one new token a row): the query heads that
+    share a key/value head (grouped-query attention: 4 per head in Breeze) go into sdpa as that head's 4 queries,
+    all seeing the same keys under the same mask. transformers' sdpa, given a mask (left-padded rows need one),
+    first copies every key/value head to each of its query heads; this reads the cache as it is. Same math.
+    Anything else (the prompt's forward) goes to transformers' sdpa."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    if length != 1 or dropout or attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    grouped = query.reshape(rows, key.shape[1], groups, dim)  # query head h = kv head h // groups, as repeat_kv pairs them
+    mask = attention_mask[:, :, :, : key.shape[-2]]  # (rows, 1, 1, keys): the same keys for every query of a row
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(rows, 1, heads, dim), None  # (rows, tokens, heads, dim), as transformers' attention functions return
+
+
+@contextlib.contextmanager
+def grouped_decode_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, `model` attends with grouped_decode_attention_forward (its masks built as sdpa's)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from tangpoem.fast.attention import attention_implementation
+
+    AttentionInterface.register(GROUPED_DECODE, grouped_decode_attention_forward)
+    AttentionMaskInterface.register(GROUPED_DECODE, sdpa_mask)
+    with attention_implementation(model, GROUPED_DECODE):
+        yield
 
 
 class GraphedSampler:
@@ -220,9 +259,10 @@ def graphed_decoding(model: torch.nn.Module, longest: int) -> Iterator[GraphedDe
 @contextlib.contextmanager
 def graphed_sampling(model: torch.nn.Module, processors: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool,
                      eos_token_id: int | None, pad_token_id: int, longest: int) -> Iterator[GraphedSampler | None]:
-    """Within, a GraphedSampler for `model`, or None where transformers' generate stays: the CPU, models with 4-bit
-    (bitsandbytes) layers (their kernels are not known to be capture-safe), attention other than sdpa (the
-    sampler's masks are sdpa's), and sliding windows shorter than `longest` tokens (prompt and new tokens)."""
+    """Within, a GraphedSampler for `model`, attending with grouped_decode_attention and with fused RMSNorms, or
+    None where transformers' generate stays: the CPU, models with 4-bit (bitsandbytes) layers (their kernels are not known to be
+    capture-safe), attention other than sdpa (the sampler's masks are sdpa's), and sliding windows shorter
+    than `longest` tokens (prompt and new tokens)."""
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(root.parameters()).device
     if (device.type != "cuda" or getattr(root, "hf_quantizer", None) is not None
@@ -230,6 +270,11 @@ def graphed_sampling(model: torch.nn.Module, processors: Any, max_new_tokens: in
         yield None
         return
     with full_attention_within_window(root, longest) as lifted:
-        window = getattr(root.config, "sliding_window", None)
-        yield GraphedSampler(model, processors, max_new_tokens, min_new_tokens, do_sample, eos_token_id,
-                             pad_token_id) if lifted or window is None else None
+        if not lifted and getattr(root.config, "sliding_window", None) is not None:
+            yield None
+            return
+        from tangpoem.fast.fused import fused_rms_norm
+
+        # each norm one kernel instead of about eight (training's fused_rms_norm): the same values up to rounding
+        with grouped_decode_attention(root), fused_rms_norm(root):
+            yield GraphedSampler(model, processors, max_new_tokens, min_new_tokens, do_sample, eos_token_id, pad_token_id)
