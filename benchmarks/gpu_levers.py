@@ -96,31 +96,6 @@ def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attemp
     return out
 
 
-def transformers_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attempts: int = 2) -> dict[str, Any]:
-    """The 15 test prompts in one batch through transformers' generate with a static cache, its decode step's
-    forward replayed as a CUDA graph (fast.decode.GraphedDecodeStep) and the rules launched by generate at every
-    token: what tangpoem's generate did before GraphedSampler."""
-    from tangpoem.fast.decode import graphed_decoding
-    from tangpoem.generate import fast_generation_config, left_pad
-    from tangpoem.tokens import encode_prompt
-
-    prompts = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) for r in load_test_rows(cfg.data_dir)]
-    batch = {k: v.cuda() for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
-    gen_config, processors = fast_generation_config(cfg, tokenizer)
-    out: dict[str, Any] = {"new_tokens_per_poem": cfg.max_new_tokens, "static_cache": True}
-
-    def call() -> None:
-        with torch.no_grad(), graphed_decoding(model, batch["input_ids"].shape[1] + cfg.max_new_tokens) as step:
-            model.generate(**batch, generation_config=gen_config, logits_processor=processors)
-        out["captures"], out["eager_calls"] = step.captures, step.eager_calls
-
-    for attempt in range(attempts):
-        _, seconds, peak = timed(call)
-        out[f"call_{attempt + 1}_seconds"], out["peak_gb"] = seconds, peak
-    out["seconds"] = out[f"call_{attempts}_seconds"]
-    return out
-
-
 def profiled_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, tokens: int = 16) -> dict[str, Any]:
     """Where a generated token's time goes: GraphedSampler's steps run one by one (graphs off, so that every
     kernel is traced) for `tokens` new tokens of the 15 test prompts, under torch.profiler; then the replayed
@@ -354,7 +329,6 @@ def main() -> None:
         release()
         merged = merge_lora_dequantized(add_lora(load_base_model(fast), fast), torch.bfloat16)
         for label, run in (("generate: merged, dynamic cache", lambda: tangpoem_generation(merged, tokenizer, dynamic, 2)),
-                           ("generate: merged, transformers' generate, forward replayed", lambda: transformers_generation(merged, tokenizer, static, 3)),
                            ("generate: merged, GraphedSampler", lambda: tangpoem_generation(merged, tokenizer, static, 3))):
             results["figures"][label] = stage(label, run)
     atomic_write_json(out_file, json.loads(json.dumps(results, default=str)))

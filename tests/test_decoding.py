@@ -109,28 +109,14 @@ def test_fast_path_applies_exactly_our_processors_in_order(tiny_model, tiny_conf
     assert names == expected
 
 
-def test_graphed_decoding_leaves_cpu_models_to_transformers():
-    """On the CPU (and for 4-bit models) generate keeps transformers' own decode step: nothing is patched."""
-    from tangpoem.fast.decode import GraphedDecodeStep, graphed_decoding
-    from tangpoem.tiny import build_model, build_tokenizer
-
-    model = build_model("tiny-mistral", build_tokenizer())
-    with graphed_decoding(model, 64) as step:
-        assert step is None and "get_compiled_call" not in vars(model)
-    cache = object()
-    a = GraphedDecodeStep.signature({"input_ids": torch.zeros(2, 1, dtype=torch.long), "past_key_values": cache, "use_cache": True})
-    b = GraphedDecodeStep.signature({"input_ids": torch.zeros(3, 1, dtype=torch.long), "past_key_values": cache, "use_cache": True})
-    assert a != b  # a new batch size is a new capture
-
-
 def test_sliding_window_caches_are_never_replayed_and_the_window_lifts_within_its_length():
-    """A sliding-window cache layer counts its tokens in a Python int that a graph replay would never
-    advance: GraphedDecodeStep runs such a cache eagerly (no capture), on any device. Within the window's
-    length, lifting the window gives the same tokens and a cache of plain StaticLayers (the replayable kind)."""
-    from transformers import MistralConfig, MistralForCausalLM
+    """A sliding-window cache layer counts its tokens in a Python int that a graph replay would never advance,
+    so GraphedSampler replays only caches of plain StaticLayers (which count on the device). Within the
+    window's length, lifting the window gives such a cache and the tokens of generate with the window on."""
+    from transformers import MistralConfig, MistralForCausalLM, StaticCache
     from transformers.cache_utils import StaticLayer
 
-    from tangpoem.fast.decode import GraphedDecodeStep, full_attention_within_window
+    from tangpoem.fast.decode import GraphedSampler, full_attention_within_window
 
     config = MistralConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, sliding_window=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -139,26 +125,13 @@ def test_sliding_window_caches_are_never_replayed_and_the_window_lifts_within_it
     ids = torch.randint(3, 200, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
-    greedy = dict(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    plain = model.generate(**greedy)  # dynamic cache, window on
-
-    step = GraphedDecodeStep(model)
-    model.get_compiled_call = lambda compile_config=None: step
-    model._valid_auto_compile_criteria = lambda *a, **k: True  # the CPU too takes generate's compiled-call path
-    try:
-        windowed = model.generate(**greedy, cache_implementation="static", return_dict_in_generate=True)
-    finally:
-        del model.get_compiled_call, model._valid_auto_compile_criteria
-    assert not GraphedDecodeStep.replayable(windowed.past_key_values)
-    assert step.captures == 0 and step.eager_calls == 19  # every decode step after the prompt's, eagerly
-    assert torch.equal(windowed.sequences, plain)
-
-    with full_attention_within_window(model, 12 + 20) as lifted:
-        full = model.generate(**greedy, cache_implementation="static", return_dict_in_generate=True)
+    plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, do_sample=False)
+    assert not all(type(layer) is StaticLayer for layer in StaticCache(config=model.config, max_cache_len=32).layers)
+    with full_attention_within_window(model, 12 + 20) as lifted, torch.no_grad():
+        assert all(type(layer) is StaticLayer for layer in StaticCache(config=model.config, max_cache_len=32).layers)
+        sampled = GraphedSampler(model, [], 20, 20, False, 2, 0, graphs=False)(ids, mask)
     assert lifted and model.config.sliding_window == 64  # put back
-    assert all(type(layer) is StaticLayer for layer in full.past_key_values.layers)
-    assert GraphedDecodeStep.replayable(full.past_key_values)
-    assert torch.equal(full.sequences, plain)
+    assert torch.equal(sampled, plain[:, 12:])
     with full_attention_within_window(model, 65) as lifted:  # longer than the window: kept
         assert not lifted and model.config.sliding_window == 64
 

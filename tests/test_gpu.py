@@ -3,7 +3,6 @@
 Skipped on machines without CUDA (CI); run on the device with `pytest -m gpu tests/test_gpu.py`.
 """
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -108,9 +107,10 @@ def test_fast_recipe_and_merged_generation_on_gpu(small_mistral, tmp_path, cours
 
 def test_dequantized_compiled_training_and_static_cache_generation(small_mistral, tmp_path, course_dir):
     """breeze-h100's other levers: the NF4 weights dequantized once, compiled decoder layers; the loss
-    follows the 4-bit run's; then greedy generation through the static cache, its decode step replayed as
-    a CUDA graph, gives the tokens of the dynamic cache, in generate's own calls and in tangpoem's."""
-    from tangpoem.fast.decode import graphed_decoding
+    follows the 4-bit run's; then greedy generation with static_cache (GraphedSampler: each token's step
+    replayed as a CUDA graph, grouped-query decode attention, fused norms) gives the tokens of transformers'
+    generate with its dynamic cache (a near tie, at most, tells them apart), in tangpoem's generate too."""
+    from tangpoem.fast.decode import graphed_sampling
     from tangpoem.fast.dense import merge_lora_dequantized
     from tangpoem.generate import fast_generation_config, generate, left_pad
     from tangpoem.tokens import encode_prompt
@@ -122,32 +122,30 @@ def test_dequantized_compiled_training_and_static_cache_generation(small_mistral
     assert not any(type(m).__name__ == "Linear4bit" for m in fast.model.modules())
     for a, b in zip(plain.history, fast.history):
         assert abs(a["loss"] - b["loss"]) < 0.02 * a["loss"], (a, b)  # bf16 rounding, nothing more
-    # fp32 merged weights, so that the static cache's kernels and the dynamic one's differ by ~1e-6, not by bf16 rounding
+    # fp32 merged weights, so that the two paths' kernels differ by ~1e-6, not by bf16 rounding
     merged = merge_lora_dequantized(fast.model, torch.float32)
     cfg = gpu_config(small_mistral, tmp_path / "fast", course_dir, do_sample=False, max_new_tokens=32, min_new_tokens=32)
     tokenizer = load_tokenizer(cfg)
     prompts = [encode_prompt(tokenizer, r.instruction, r.input) for r in load_test_rows(course_dir)]
     batch = {k: v.cuda() for k, v in left_pad(prompts, tokenizer.pad_token_id).items()}
-    runs = {}
-    for static in (False, True):
-        gen_config, processors = fast_generation_config(load_config(None, {**cfg.to_dict(), "static_cache": static}), tokenizer)
-        with graphed_decoding(merged, batch["input_ids"].shape[1] + 32) if static else contextlib.nullcontext() as step:
-            for _ in range(2):  # each call captures the decode step for its own cache, then replays it
-                runs[static] = merged.generate(**batch, generation_config=gen_config, logits_processor=processors,
-                                               output_scores=True, return_dict_in_generate=True)
-        if static:
-            assert step.captures in (1, 2), step.captures  # one a call, or one if transformers kept its cache
-            assert "get_compiled_call" not in vars(merged)  # transformers' own method is back
-    dynamic, static = runs[False], runs[True]
+    gen_config, processors = fast_generation_config(cfg, tokenizer)
+    with torch.no_grad():
+        dynamic = merged.generate(**batch, generation_config=gen_config, logits_processor=processors, output_scores=True,
+                                  return_dict_in_generate=True)
+        with graphed_sampling(merged, processors, 32, 32, False, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                              batch["input_ids"].shape[1] + 32) as sampler:
+            replayed = sampler(**batch)
+    assert sampler.captures == 1 and merged.config._attn_implementation == "sdpa"  # attention put back
+    expected = dynamic.sequences[:, batch["input_ids"].shape[1]:]
     for row in range(len(prompts)):
-        a, b = dynamic.sequences[row], static.sequences[row]
+        a, b = expected[row], replayed[row]
         if torch.equal(a, b):
             continue
-        step = int((a != b).nonzero()[0]) - batch["input_ids"].shape[1]  # first new token that differs
+        step = int((a != b).nonzero()[0])  # first new token that differs
         top2 = dynamic.scores[step][row].float().topk(2).values
         assert top2[0] - top2[1] < 1e-3, f"row {row} step {step}: tokens differ without a near tie"
-    same = sum(torch.equal(a, b) for a, b in zip(dynamic.sequences, static.sequences))
-    print(f"static cache: {same}/{len(prompts)} rows identical to the dynamic cache's")
+    same = sum(torch.equal(a, b) for a, b in zip(expected, replayed))
+    print(f"GraphedSampler: {same}/{len(prompts)} rows identical to the dynamic cache's")
     # tangpoem's generate, 2 batches (8 rows, then 7: a new shape, captured anew)
     rows = load_test_rows(course_dir)
     texts = {static: generate(merged, tokenizer, rows, load_config(None, {**cfg.to_dict(), "static_cache": static,

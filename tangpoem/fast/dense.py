@@ -45,7 +45,7 @@ def replace_module(root: torch.nn.Module, name: str, module: torch.nn.Module) ->
 
 def _not_quantized_any_more(model: torch.nn.Module) -> None:
     """Nothing is 4-bit after a dequantization: transformers' and peft's 4-bit paths must not be taken."""
-    model.hf_quantizer = None  # generation: graphed_decoding may replay the decode step
+    model.hf_quantizer = None  # generation: graphed_sampling may replay the decode step
     for flag in ("is_loaded_in_4bit", "is_quantized"):
         if hasattr(model, flag):
             setattr(model, flag, False)
