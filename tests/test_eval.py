@@ -162,3 +162,28 @@ def test_validation_rows_come_after_the_training_rows_and_follow_the_seed(course
     assert pick_validation_rows(load_config("tiny-cpu", {**cfg.to_dict(), "seed": 7})) != rows
     fraction = load_config("tiny-cpu", {"num_train_data": 1040, "val_size": 0.05, "data_dir": str(course_dir)})
     assert len(pick_validation_rows(fraction)) == 52
+
+
+def test_evaluation_inside_a_mixed_precision_loop_casts_the_adapters_inputs(tiny_config, course_dir):
+    """On a GPU the loop runs under autocast with peft's cast of LoRA inputs switched off (training modes);
+    evaluation generates without autocast, so its modes switch the cast back on: bf16 activations into fp32
+    adapters would otherwise refuse to multiply (the CPU stands in, with a bf16 base). Afterwards the loop's
+    setting is back."""
+    from peft.helpers import disable_input_dtype_casting
+
+    from tangpoem.data import load_test_rows
+    from tangpoem.fast.levers import evaluation_modes
+    from tangpoem.generate import generate
+    from tangpoem.model import add_lora, load_base_model, load_tokenizer
+
+    cfg = tiny_config(max_new_tokens=8, do_sample=False)
+    model = add_lora(load_base_model(cfg).to(torch.bfloat16), cfg)
+    tokenizer, rows = load_tokenizer(cfg), load_test_rows(course_dir)[:2]
+    lora = next(m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+    expected = generate(model, tokenizer, rows, cfg, progress=False)
+    with disable_input_dtype_casting(model):  # the loop's mode under autocast
+        with pytest.raises(RuntimeError, match="dtype"):
+            generate(model, tokenizer, rows, cfg, progress=False)
+        with evaluation_modes(model, cfg):
+            assert generate(model, tokenizer, rows, cfg, progress=False) == expected
+        assert lora.cast_input_dtype_enabled is False

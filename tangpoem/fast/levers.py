@@ -72,15 +72,23 @@ def enter_training_modes(stack: contextlib.ExitStack, model: torch.nn.Module, cf
 
 @contextlib.contextmanager
 def evaluation_modes(model: torch.nn.Module, cfg: Config) -> Iterator[None]:
-    """Evaluation inside the loop (tangpoem.evaluate) pads rows and generates with a cache: with varlen_attention
-    the model attends with sdpa meanwhile, then with the varlen kernel again."""
-    if not cfg.varlen_attention:
-        yield
-        return
+    """Evaluation inside the loop (tangpoem.evaluate) pads rows and generates with a cache, without autocast:
+    meanwhile peft casts each LoRA input to the adapter's dtype again (the loop, under autocast, does without:
+    enter_training_modes), and with varlen_attention the model attends with sdpa; then back to the loop's modes."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     from tangpoem.fast.attention import attention_implementation
 
-    with attention_implementation(model, "sdpa"):  # what tangpoem loads the models with
-        yield
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    casting = [m.cast_input_dtype_enabled for m in layers]
+    for layer in layers:  # fp32 adapters on bf16 or fp16 activations: without the cast, their products would refuse
+        layer.cast_input_dtype_enabled = True
+    try:
+        with attention_implementation(model, "sdpa") if cfg.varlen_attention else contextlib.nullcontext():
+            yield  # sdpa: what tangpoem loads the models with
+    finally:
+        for layer, enabled in zip(layers, casting):
+            layer.cast_input_dtype_enabled = enabled
 
 
 def graphed_micro_loss(stack: contextlib.ExitStack, model: torch.nn.Module, eager: MicroLoss,
