@@ -93,7 +93,7 @@ class Config:
     padding_free: bool = knob(False, "pack each micro-batch's rows end to end: no pad tokens", "levers")
     answer_logits_only: bool = knob(False, "padding_free only: lm_head and loss only where a label is", "levers")
     varlen_attention: bool = knob(False, "padding_free only, compute capability 8.0+: attention within each packed row (FlashAttention varlen)", "levers")
-    cuda_graphs: bool = knob(False, "one GPU; needs varlen_attention and answer_logits_only: each micro-batch replayed as CUDA graphs", "levers")
+    cuda_graphs: bool = knob(False, "needs varlen_attention and answer_logits_only: each micro-batch replayed as CUDA graphs (under torchrun, each rank's own)", "levers")
     balanced_steps: bool = knob(False, "rows swapped between the shuffled micro-batches until each holds ~as many tokens (less padding under cuda_graphs)", "levers")
     deferred_reads: bool = knob(False, "read each step's loss once the next step is queued, so the GPU is never idle while the CPU logs", "levers")
     kbit_fp32_upcast: bool = knob(True, "peft's k-bit preparation casts norms and embeddings to fp32 (the homework's; safer in fp16)", "levers")
@@ -101,7 +101,7 @@ class Config:
     compile: bool = knob(False, "torch.compile each decoder layer: fused kernels; the first steps pay for compiling", "levers")
     fused_rms_norm: bool = knob(False, "each RMSNorm forward as one kernel (torch.nn.functional.rms_norm)", "levers")
     fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm); dense base layers only", "levers")
-    static_cache: bool = knob(False, "generation: a static KV cache; on a GPU the decode step is replayed as a CUDA graph", "levers")
+    static_cache: bool = knob(False, "generation: a static KV cache; on a GPU each new token's step (forward, rules, choice) replayed as one CUDA graph", "levers")
     dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter) with the adapter merged into them, as export --merged: faster, the same tokens up to rounding", "levers")
 
     def __post_init__(self) -> None:

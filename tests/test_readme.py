@@ -66,3 +66,11 @@ def test_the_speed_figures_in_the_readme_are_the_committed_runs():
     for value in (figures["train_cli"]["loop_seconds"], figures["train_homework"]["seconds"], figures["train_trl"]["seconds"],
                   figures["train_unsloth_fp16"]["seconds"], figures["t4_profile"]["loop_seconds"]):
         assert f"{value:.1f} s" in speed or f"{value:.2f} s" in speed, value
+    # run 12: generation on the users' path, and two GPUs
+    users = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200-users-path.json").read_text(encoding="utf-8"))
+    ddp = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200-x2-ddp.json").read_text(encoding="utf-8"))
+    assert users["environment"]["commit"] == ddp["commit"] and f"run 12 at {ddp['commit']}" in speed
+    first, second = (call["generate_seconds"] for call in users["figures"]["generate"]["calls"])
+    assert f"{first:.2f} s first call, {second:.2f} s second" in speed
+    assert (f"{ddp['ddp_2_gpus']['train_seconds']:.1f} s, {ddp['speedup_train_seconds']:.2f}× one GPU's "
+            f"{ddp['one_gpu']['train_seconds']:.1f} s") in speed
