@@ -97,15 +97,16 @@ def tangpoem_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, attemp
 
 
 def profiled_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, tokens: int = 16) -> dict[str, Any]:
-    """Where a generated token's time goes: GraphedSampler's steps run one by one (graphs off, so that every
-    kernel is traced) for `tokens` new tokens of the 15 test prompts, under torch.profiler; then the replayed
-    sampler timed with 16 rows (the 15 prompts and the first again) against 15, and with sdpa's math kernel
-    alone against tangpoem's choice (flash, memory-efficient, math)."""
+    """Where a generated token's time goes: generation's steps as tangpoem sets them up (fast.decode.graphed_sampling)
+    run one by one (graphs off, so that every kernel is traced) for `tokens` new tokens of the 15 test prompts,
+    under torch.profiler; then the replayed sampler timed with 16 rows (the 15 prompts and the first again)
+    against 15, and with sdpa's math kernel alone against tangpoem's choice (flash, memory-efficient, math).
+    (At f3608d2, the committed profile, the sampler had neither the grouped decode attention nor fused norms.)"""
     from torch.autograd import DeviceType
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.profiler import ProfilerActivity, profile
 
-    from tangpoem.fast.decode import GraphedSampler
+    from tangpoem.fast.decode import graphed_sampling
     from tangpoem.generate import fast_generation_config, left_pad
     from tangpoem.tokens import encode_prompt
 
@@ -113,14 +114,14 @@ def profiled_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, tokens
     _, processors = fast_generation_config(cfg, tokenizer)
     chosen = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-    def sampler(new_tokens: int, graphs: bool) -> GraphedSampler:
-        return GraphedSampler(model, processors, new_tokens, new_tokens, cfg.do_sample, tokenizer.eos_token_id,
-                              tokenizer.pad_token_id, graphs=graphs)
-
     def run(rows: list[list[int]], new_tokens: int, graphs: bool, backends: list[Any]) -> None:
+        """tangpoem's generation as generate() sets it up (grouped decode attention, fused norms), graphs on or off."""
         batch = {k: v.cuda() for k, v in left_pad(rows, tokenizer.pad_token_id).items()}
-        with torch.no_grad(), sdpa_kernel(backends):
-            sampler(new_tokens, graphs)(**batch)
+        longest = batch["input_ids"].shape[1] + new_tokens
+        with torch.no_grad(), sdpa_kernel(backends), graphed_sampling(model, processors, new_tokens, new_tokens, cfg.do_sample,
+                                                                      tokenizer.eos_token_id, tokenizer.pad_token_id, longest) as sampler:
+            sampler.graphs = graphs
+            sampler(**batch)
 
     run(prompts, 4, False, chosen)  # warm-up
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:

@@ -58,8 +58,9 @@ def fast_generation_config(cfg: Config, tokenizer: Any) -> tuple[Any, Any]:
     gen_config.no_repeat_ngram_size = 0
     if cfg.do_sample:  # greedy decoding has no warpers to neutralize (and transformers flags sampling values beside it)
         gen_config.temperature, gen_config.top_k, gen_config.top_p = 1.0, 0, 1.0
-    if cfg.static_cache:  # fixed shapes and addresses: `generate` replays the decode step as a CUDA graph
+    if cfg.static_cache:  # on a GPU fast.decode.GraphedSampler runs instead; transformers' generate where it can't:
         gen_config.cache_implementation = "static"
+        gen_config.disable_compile = True  # there, no torch.compile of the decode step (~40 s for a 7B model)
     stop_eos = tokenizer.eos_token_id if cfg.stop_by_probability else None
     return gen_config, logits_processors(cfg.no_repeat_ngram_size, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p, stop_eos)
 

@@ -58,14 +58,17 @@ def epoch_order(cfg: Config, lengths: Sequence[int], world_size: int = 1) -> Cal
     if cfg.balanced_steps:
         from tangpoem.fast.balance import balance_micro_batches
 
-        shuffled, size = order, min(cfg.micro_batch_size, rank_share(cfg.batch_size, world_size))
+        shuffled, size = order, min(cfg.micro_batch_size, -(-cfg.batch_size // world_size))  # a full step's largest share
         order = lambda epoch: balance_micro_batches(shuffled(epoch), lengths, size)  # noqa: E731
     return functools.lru_cache(maxsize=None)(order)  # a few epochs at most; the set-up and the loop both ask
 
 
-def rank_share(rows: int, world_size: int) -> int:
-    """How many of a step's rows each rank takes (the last rank may take fewer)."""
-    return -(-rows // world_size)
+def rank_rows(count: int, world_size: int, rank: int) -> slice:
+    """Rank `rank`'s consecutive share of a step's `count` rows, as even as can be (the first count % world_size
+    ranks take one more)."""
+    base, extra = divmod(count, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 def steps_per_epoch(dataset: EncodedDataset, cfg: Config) -> int:
@@ -146,8 +149,7 @@ class Run:
     def micro_batches(self, rows: Sequence[EncodedRow]) -> list[list[EncodedRow]]:
         """This rank's micro-batches of one step's rows: its consecutive share of them (which balanced_steps
         balances as micro-batches of their own)."""
-        share = rank_share(len(rows), self.ranks.world_size)
-        local = list(rows)[self.ranks.rank * share : (self.ranks.rank + 1) * share]
+        local = list(rows)[rank_rows(len(rows), self.ranks.world_size, self.ranks.rank)]
         size = self.micro_batch_size
         return [local[i : i + size] for i in range(0, len(local), size)]
 
@@ -230,7 +232,8 @@ def check_resumable(state: dict[str, Any], checkpoint: Path, cfg: Config, datase
     changes = [f"  {key}: {saved[key]!r} in {checkpoint.name}, {getattr(cfg, key)!r} now"
                for key in WHAT_IS_LEARNED + (WHAT_BALANCING_LEARNS if cfg.balanced_steps else ())
                if key in saved and saved[key] != getattr(cfg, key)]
-    if cfg.balanced_steps and state.get("world_size", 1) != ranks.world_size:  # balancing evens out each rank's share
+    # balancing evens out each rank's share (checkpoints from before 2026-11-29 hold no world_size: read as 1)
+    if cfg.balanced_steps and state.get("world_size", 1) != ranks.world_size:
         changes.append(f"  processes (torchrun's ranks): {state.get('world_size', 1)} in {checkpoint.name}, {ranks.world_size} now")
     if state.get("data_sha256", dataset.fingerprint) != dataset.fingerprint:
         changes.append(f"  the training rows (data_dir, num_train_data, cutoff_len or the tokenizer) differ from {checkpoint.name}'s")
@@ -294,6 +297,10 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         tokenizer = load_tokenizer(cfg)
         dataset = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, cfg.num_train_data), cfg.cutoff_len, cfg.prompt_mode)
         log(f"data: {dataset.summary()}")
+        if ranks.world_size > 1 and 0 < (last := len(dataset.rows) % cfg.batch_size) < ranks.world_size:
+            raise InputError(f"config key 'num_train_data' = {cfg.num_train_data}: each epoch's last step has {last} row(s) for "
+                             f"{ranks.world_size} processes, and a process without rows would stall the others; choose "
+                             f"num_train_data or batch_size so that it has none or at least {ranks.world_size}")
         latest = resume_point(output_dir, resume, log)
         state = load_training_state(latest) if latest else None
         if state is not None:

@@ -109,10 +109,11 @@ def test_fast_path_applies_exactly_our_processors_in_order(tiny_model, tiny_conf
     assert names == expected
 
 
-def test_sliding_window_caches_are_never_replayed_and_the_window_lifts_within_its_length():
-    """A sliding-window cache layer counts its tokens in a Python int that a graph replay would never advance,
-    so GraphedSampler replays only caches of plain StaticLayers (which count on the device). Within the
-    window's length, lifting the window gives such a cache and the tokens of generate with the window on."""
+def test_the_sampler_refuses_sliding_window_caches_and_the_window_lifts_within_its_length():
+    """A sliding-window cache layer counts its tokens in a Python int that a graph replay would never advance
+    (and its slots wrap around where the sampler's mask does not): GraphedSampler refuses such a cache. Within
+    the window's length, lifting the window gives plain static layers and the tokens of generate with the
+    window on."""
     from transformers import MistralConfig, MistralForCausalLM, StaticCache
     from transformers.cache_utils import StaticLayer
 
@@ -126,7 +127,8 @@ def test_sliding_window_caches_are_never_replayed_and_the_window_lifts_within_it
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
     plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    assert not all(type(layer) is StaticLayer for layer in StaticCache(config=model.config, max_cache_len=32).layers)
+    with pytest.raises(ValueError, match="plain layers: lift the model's sliding window"), torch.no_grad():
+        GraphedSampler(model, [], 20, 20, False, 2, 0, graphs=False)(ids, mask)
     with full_attention_within_window(model, 12 + 20) as lifted, torch.no_grad():
         assert all(type(layer) is StaticLayer for layer in StaticCache(config=model.config, max_cache_len=32).layers)
         sampled = GraphedSampler(model, [], 20, 20, False, 2, 0, graphs=False)(ids, mask)
@@ -191,6 +193,48 @@ def test_grouped_decode_attention_is_sdpas_attention_and_writes_the_same_tokens(
             runs.append(sampler(**batch))
     assert model.config._attn_implementation == "sdpa"  # put back
     assert torch.equal(runs[0], runs[1])
+
+
+class FavourEOS(torch.nn.Module):
+    """A rule that makes EOS likely (tiny random models seldom end), reading only the scores, as the sampler's rules."""
+
+    def __init__(self, eos: int) -> None:
+        super().__init__()
+        self.eos = eos
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[:, self.eos] += 6.0
+        return scores
+
+
+def test_graphed_sampler_keeps_min_new_tokens_and_pads_ended_rows_as_generate(tiny_name, tiny_config, course_dir):
+    """With EOS made likely: without min_new_tokens rows end early; with min_new_tokens 12 none ends before its
+    12th token; either way the sampler's tokens are generate's, pads after each row's EOS included."""
+    from transformers import LogitsProcessorList
+
+    from tangpoem.fast.decode import GraphedSampler
+
+    tokenizer = fix_pad_token(tiny.build_tokenizer(tiny.TINY_VOCAB_SIZES[tiny_name]))
+    model = tiny.build_model(tiny_name, tokenizer).eval()
+    batch = left_pad([encode_prompt(tokenizer, r.instruction, r.input) for r in load_test_rows(course_dir)], tokenizer.pad_token_id)
+    eos = tokenizer.eos_token_id
+    for least in (0, 12):
+        cfg = tiny_config(max_new_tokens=30, min_new_tokens=least, static_cache=True, temperature=1.0, top_p=1.0)
+        gen_config, processors = fast_generation_config(cfg, tokenizer)
+        processors = LogitsProcessorList([FavourEOS(eos), *processors])
+        torch.manual_seed(4)
+        with torch.no_grad():
+            expected = model.generate(**batch, generation_config=gen_config, logits_processor=processors)[:, batch["input_ids"].shape[1]:]
+        torch.manual_seed(4)
+        with torch.no_grad():
+            actual = GraphedSampler(model, processors, 30, least, True, eos, tokenizer.pad_token_id, graphs=False, check_every=1)(**batch)
+        first_eos = [row.tolist().index(eos) for row in expected if eos in row.tolist()]
+        if least:
+            assert first_eos and min(first_eos) >= least
+        else:
+            assert min(first_eos) < 12  # the rule above would have changed these rows
+        assert torch.equal(actual, expected), least
 
 
 def test_graphed_sampler_pads_ended_rows_and_stops_when_every_row_has_ended(course_dir):

@@ -170,6 +170,19 @@ def test_ddp_under_torchrun_matches_a_single_process(tmp_path, course_dir):
     assert abs(evaluations[0][0]["val_loss"] - evaluations[1][0]["val_loss"]) < 1e-4
 
 
+def test_each_rank_takes_a_consecutive_share_as_even_as_can_be_and_no_rank_goes_without(tiny_config, monkeypatch):
+    """9 rows on 4 ranks: 3, 2, 2, 2 (a split by ceil would leave the last rank none, and under DDP's hooks the
+    others would wait for it); a run whose epochs end on a step of fewer rows than processes is refused."""
+    import tangpoem.train as train_module
+    from tangpoem.train import rank_rows
+
+    assert [list(range(9))[rank_rows(9, 4, r)] for r in range(4)] == [[0, 1, 2], [3, 4], [5, 6], [7, 8]]
+    assert [len(range(16)[rank_rows(16, 2, r)]) for r in range(2)] == [8, 8]
+    monkeypatch.setattr(train_module, "setup_distributed", lambda: train_module.Distributed(rank=0, world_size=2))
+    with pytest.raises(InputError, match="last step has 1 row.* for 2 processes"):
+        train_module.train(tiny_config(num_train_data=17, batch_size=16, micro_batch_size=4))
+
+
 def test_balanced_steps_under_ddp_balance_each_ranks_share(tiny_config):
     """Under DDP each rank runs its consecutive share of a step's rows: balanced_steps evens out those
     shares (8 rows each of 16 on 2 ranks), not the whole step's 16 rows, so that no rank's captured

@@ -55,12 +55,12 @@ class GraphedSampler:
     replay. The forward, the rules (`processors`) and the bookkeeping are recorded once per batch; the CPU
     then only replays, and reads whether every row has ended once every `check_every` tokens.
 
-    Why not transformers' generate with the forward alone replayed (tangpoem's path until 72e5fe4): generate's
+    Why not transformers' generate with the forward alone replayed (tangpoem's path before 6f68ff1): generate's
     Python and the rules' kernels, launched one by one at every token, cost a share of what the replay saves
-    (docs/speed-log.md, run 12). Same
-    semantics as generate with these processors: its MinNewTokens rule first, then the processors in order,
-    sampling by torch.multinomial on their softmax (argmax when greedy), pads after a row's EOS; drawn from
-    the same generator in the same order, so a CPU run (graphs=False) gives generate's very tokens."""
+    (docs/speed-log.md, run 12). Same semantics as generate with these processors: its MinNewTokens rule first,
+    then the processors in order, sampling by torch.multinomial on their softmax (argmax when greedy), pads
+    after a row's EOS; drawn from the same generator in the same order, so a CPU run (graphs=False) gives
+    generate's very tokens."""
 
     def __init__(self, model: torch.nn.Module, processors: Any, max_new_tokens: int, min_new_tokens: int,
                  do_sample: bool, eos_token_id: int | None, pad_token_id: int, graphs: bool = True, check_every: int = 8) -> None:
@@ -92,9 +92,11 @@ class GraphedSampler:
         self.length = torch.tensor(prompt, device=device)  # tokens so far (a tensor: the replays advance it)
         self.unfinished = torch.ones(rows, dtype=torch.bool, device=device)
         cache = StaticCache(config=self.model.config, max_cache_len=total)
-        # a replay advances what lives on the device: plain static layers count their tokens there, other
-        # kinds (a sliding window's) in Python, which a replay would never advance: those run step by step
-        replayable = all(type(layer) is StaticLayer for layer in cache.layers)
+        # A replay advances what lives on the device: plain static layers count their tokens there. Other kinds
+        # (a sliding window's) count in Python, and their slots wrap around where this step's mask does not.
+        if not all(type(layer) is StaticLayer for layer in cache.layers):
+            raise ValueError("GraphedSampler needs a static cache of plain layers: lift the model's sliding window "
+                             "(full_attention_within_window) or generate with transformers")
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as generate's
         self.next_position = positions[:, -1:] + 1
         self.cache_inputs = {self.cache_key: cache, "use_cache": True}
@@ -102,7 +104,7 @@ class GraphedSampler:
                             **self.cache_inputs).logits
         self.choose(logits)
         steps = self.max_new_tokens - 1
-        graph = self.capture() if self.graphs and replayable and steps else None
+        graph = self.capture() if self.graphs and steps else None
         done = 0
         while done < steps:
             graph.replay() if graph is not None else self.step()
