@@ -297,7 +297,8 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
         tokenizer = load_tokenizer(cfg)
         dataset = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, cfg.num_train_data), cfg.cutoff_len, cfg.prompt_mode)
         log(f"data: {dataset.summary()}")
-        if ranks.world_size > 1 and 0 < (last := len(dataset.rows) % cfg.batch_size) < ranks.world_size:
+        reaches_an_epochs_end = cfg.max_steps is None or cfg.max_steps >= steps_per_epoch(dataset, cfg)
+        if ranks.world_size > 1 and reaches_an_epochs_end and 0 < (last := len(dataset.rows) % cfg.batch_size) < ranks.world_size:
             raise InputError(f"config key 'num_train_data' = {cfg.num_train_data}: each epoch's last step has {last} row(s) for "
                              f"{ranks.world_size} processes, and a process without rows would stall the others; choose "
                              f"num_train_data or batch_size so that it has none or at least {ranks.world_size}")

@@ -181,6 +181,8 @@ def test_each_rank_takes_a_consecutive_share_as_even_as_can_be_and_no_rank_goes_
     monkeypatch.setattr(train_module, "setup_distributed", lambda: train_module.Distributed(rank=0, world_size=2))
     with pytest.raises(InputError, match="last step has 1 row.* for 2 processes"):
         train_module.train(tiny_config(num_train_data=17, batch_size=16, micro_batch_size=4))
+    with pytest.raises(ValueError, match="Default process group has not been initialized"):  # past the check: one step only
+        train_module.train(tiny_config(num_train_data=17, batch_size=16, micro_batch_size=4, max_steps=1))
 
 
 def test_balanced_steps_under_ddp_balance_each_ranks_share(tiny_config):
