@@ -127,7 +127,7 @@ def load_for_generation(cfg: Config, adapter: str | Path | None = "auto",
 
     With `dense_generation`, the NF4 weights are then dequantized once and the adapter merged into them
     (tangpoem.fast.dense, as `tangpoem export --merged` does): one product per layer instead of a 4-bit one
-    plus the adapter's four small kernels, in every step; the tokens are those of the 4-bit model with its
+    plus the adapter's small kernels, in every step; the tokens are those of the 4-bit model with its
     adapter up to the rounding of W + B·A (a near tie at most). The decode step can then be replayed as a
     CUDA graph (`static_cache`). With `adapter_apart` (the app, which swaps adapters and switches them off) the
     adapter stays a peft adapter beside the dequantized weights."""

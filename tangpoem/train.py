@@ -287,7 +287,7 @@ def prepare(cfg: Config, resume: bool | str = False, force: bool = False) -> Run
     seed_everything(cfg.seed)
     device = resolve_device(cfg, ranks)
     dtype = resolve_compute_dtype(cfg, device)
-    levers.check_training_levers(cfg, device, ranks)
+    levers.check_training_levers(cfg, device)
     check_trackers(cfg)
     log = print if ranks.is_main else (lambda *a, **k: None)
     held = contextlib.ExitStack()

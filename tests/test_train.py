@@ -178,11 +178,20 @@ def test_each_rank_takes_a_consecutive_share_as_even_as_can_be_and_no_rank_goes_
 
     assert [list(range(9))[rank_rows(9, 4, r)] for r in range(4)] == [[0, 1, 2], [3, 4], [5, 6], [7, 8]]
     assert [len(range(16)[rank_rows(16, 2, r)]) for r in range(2)] == [8, 8]
+    class PastTheCheck(Exception):
+        pass
+
+    def resume_point(*args):  # the set-up's next step after the check: stop there
+        raise PastTheCheck
+
     monkeypatch.setattr(train_module, "setup_distributed", lambda: train_module.Distributed(rank=0, world_size=2))
+    monkeypatch.setattr(train_module, "resume_point", resume_point)
     with pytest.raises(InputError, match="last step has 1 row.* for 2 processes"):
         train_module.train(tiny_config(num_train_data=17, batch_size=16, micro_batch_size=4))
-    with pytest.raises(ValueError, match="Default process group has not been initialized"):  # past the check: one step only
+    with pytest.raises(PastTheCheck):  # a run of one step never reaches that last step
         train_module.train(tiny_config(num_train_data=17, batch_size=16, micro_batch_size=4, max_steps=1))
+    with pytest.raises(PastTheCheck):  # 18 rows: a last step of 2, one for each process
+        train_module.train(tiny_config(num_train_data=18, batch_size=16, micro_batch_size=4))
 
 
 def test_balanced_steps_under_ddp_balance_each_ranks_share(tiny_config):

@@ -176,9 +176,9 @@ def full_attention_within_window(model: torch.nn.Module, longest: int) -> Iterat
 def graphed_sampling(model: torch.nn.Module, processors: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool,
                      eos_token_id: int | None, pad_token_id: int, longest: int) -> Iterator[GraphedSampler | None]:
     """Within, a GraphedSampler for `model`, attending with grouped_decode_attention and with fused RMSNorms, or
-    None where transformers' generate stays: the CPU, models with 4-bit (bitsandbytes) layers (their kernels are not known to be
-    capture-safe), attention other than sdpa (the sampler's masks are sdpa's), and sliding windows shorter
-    than `longest` tokens (prompt and new tokens)."""
+    None where transformers' generate stays: the CPU, models with 4-bit (bitsandbytes) layers (their kernels
+    are not known to be capture-safe), attention other than sdpa (the sampler's masks are sdpa's), and sliding
+    windows shorter than `longest` tokens (prompt and new tokens)."""
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(root.parameters()).device
     if (device.type != "cuda" or getattr(root, "hf_quantizer", None) is not None

@@ -17,7 +17,7 @@ from tangpoem.tokens import EncodedRow
 MicroLoss = Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]  # (rows, answer tokens of the step, last micro-batch)
 
 
-def check_training_levers(cfg: Config, device: torch.device, ranks: Distributed) -> None:
+def check_training_levers(cfg: Config, device: torch.device) -> None:
     """Refuse, before anything is loaded, the levers this machine cannot run."""
     from tangpoem.fast.attention import check_varlen_device
 
