@@ -3,7 +3,8 @@
 Each notebook runs in a fresh kernel; they share state through files in one `output_dir`
 (05 writes checkpoints, 06 reads them and writes results.txt, 07 grades it). The run writes into
 OUT: the executed notebooks, `config.yaml` (the effective config), `index.json` / `index.md`
-(what ran, how long, where the outputs are) and, by default, `OUT/run/` as the output_dir.
+(what ran, how long, where the outputs are), `kernels.log` (what the kernel processes wrote to their own
+stderr) and, by default, `OUT/run/` as the output_dir.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from tangpoem.io import atomic_write_json, atomic_write_text, display_path
 from tangpoem.resources import NOTEBOOK_GLOB, checkout_notebooks, notebooks_dir
 
 KERNEL_NAME = "python3"  # passed explicitly: a kernel name stored in a notebook may not exist here
-# The kernel's own log goes to the runner's terminal, and nothing in it is for the user: every kernel started with
-# "Kernel is running over TCP without encryption" (papermill's kernels listen on 127.0.0.1 only, with signed
-# messages), and one slow to exit logged "KeyboardInterrupt caught in kernel" as jupyter_client stopped it. A
-# failing cell, or a kernel that died, is reported from the notebook by papermill (NotebookFailed below).
+# Nothing a kernel process writes to its own stderr is for the user, so it goes to OUT/kernels.log, not the runner's
+# terminal: every kernel logged "Kernel is running over TCP without encryption" (papermill's kernels listen on
+# 127.0.0.1 only, with signed messages), one slow to exit "KeyboardInterrupt caught in kernel", and libzmq at times
+# aborts a kernel being shut down, after its notebook is saved ("Assertion failed: pfd.revents & POLLIN").
+# A failing cell, or a kernel that died, is reported by NotebookFailed below.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+KERNEL_LOG = "kernels.log"
 CONFIG_FILE_PARAMETER = "config_file"
 
 
@@ -100,6 +103,18 @@ def effective_config(config_path: str | Path | None, out_dir: Path, parameters: 
     return load_config(config_path, {**overrides, **paths}, source="-p")
 
 
+def _kernel_manager(log_file: Path) -> type:
+    """jupyter_client's kernel manager, with the kernel's stderr appended to `log_file`."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelWithLog(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log_file, "ab") as log:  # the kernel process holds its own copy of the descriptor
+                await super().start_kernel(stderr=log, **kw)
+
+    return KernelWithLog
+
+
 def _failure(notebook: Path, output: Path, error: Exception) -> str:
     """One line: which notebook, which cell, what went wrong, where to look."""
     cell = getattr(error, "cell_index", None)
@@ -114,7 +129,8 @@ def _failure(notebook: Path, output: Path, error: Exception) -> str:
 def write_index(out_dir: Path, cfg: Config, runs: list[NotebookRun]) -> None:
     """index.json and index.md: what ran, how long, where the executed notebooks and outputs are."""
     outputs = {"output_dir": cfg.output_dir, "results": str(cfg.results_path / "results.txt"),
-               "grades": str(cfg.results_path / "grades.json"), "figures": str(Path(cfg.output_dir) / "figures")}
+               "grades": str(cfg.results_path / "grades.json"), "figures": str(Path(cfg.output_dir) / "figures"),
+               "kernels' own stderr": str(out_dir / KERNEL_LOG)}
     atomic_write_json(out_dir / "index.json", {"config": str(out_dir / "config.yaml"), "outputs": outputs,
                                               "notebooks": [asdict(r) for r in runs]})
     lines = ["# tangpoem notebooks run", "", "| notebook | status | seconds | executed copy |", "|---|---|---|---|"]
@@ -166,17 +182,25 @@ def run_all(config_path: str | Path | None, out_dir: str | Path, parameters: Map
 def _execute(notebooks: list[Path], runs: list[NotebookRun], declared: dict[Path, set[str]], values: dict[str, Any],
              out: Path, cfg: Config, log: Callable[[str], None]) -> None:
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    kernel_log = out / KERNEL_LOG
     for nb, run in zip(notebooks, runs):
         started = time.perf_counter()
         log(f"run  {nb.name} ...")
+        with open(kernel_log, "a", encoding="utf-8") as f:
+            f.write(f"== {nb.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         try:
             papermill.execute_notebook(str(nb), run.output, kernel_name=KERNEL_NAME, language="python", cwd=str(out),
                                        parameters={k: v for k, v in values.items() if k in declared[nb]},
-                                       progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
-        except PapermillExecutionError as e:
-            run.status, run.seconds, run.error = "failed", time.perf_counter() - started, _failure(nb, Path(run.output), e)
+                                       progress_bar=False, extra_arguments=KERNEL_ARGUMENTS,
+                                       kernel_manager_class=_kernel_manager(kernel_log))
+        except (PapermillExecutionError, DeadKernelError) as e:
+            run.status, run.seconds = "failed", time.perf_counter() - started
+            run.error = (_failure(nb, Path(run.output), e) if isinstance(e, PapermillExecutionError) else
+                         f"{nb.name}: the kernel died (out of memory?); its console output is in {kernel_log}, "
+                         f"the cells it ran in {run.output}")
             write_index(out, cfg, runs)
             raise NotebookFailed(run.error, runs) from None
         run.status, run.seconds = "ok", time.perf_counter() - started

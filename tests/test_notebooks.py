@@ -143,6 +143,27 @@ def test_a_failing_cell_names_notebook_and_cell_and_stops(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_dead_kernel_is_one_line_and_the_kernels_own_output_goes_to_a_log(tmp_path, capfd, monkeypatch):
+    import tangpoem.notebooks
+
+    monkeypatch.setattr(tangpoem.notebooks, "KERNEL_ARGUMENTS", [])  # the kernel logs its TCP warning at start
+    _notebook(tmp_path / "01_ok.ipynb", "print(message)")
+    _notebook(tmp_path / "02_dies.ipynb", "import os\nos.abort()")
+    _notebook(tmp_path / "03_never.ipynb", "print('not reached')")
+    out = tmp_path / "out"
+    code = main(["notebooks", "run", "--config", "nano-cpu", "--out", str(out), "--notebooks", str(tmp_path)])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert f"error: 02_dies.ipynb: the kernel died (out of memory?); its console output is in {out / 'kernels.log'}" in err
+    assert "without encryption" not in err
+    log = (out / "kernels.log").read_text(encoding="utf-8")
+    assert log.count("Kernel is running over TCP without encryption") == 2  # the kernels of 01 and 02
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("== ")] == ["01_ok.ipynb", "02_dies.ipynb"]
+    index = json.loads((out / "index.json").read_text(encoding="utf-8"))
+    assert [r["status"] for r in index["notebooks"]] == ["ok", "failed", "not run"]
+
+
+@pytest.mark.slow
 def test_the_hub_token_never_reaches_the_notebook(tmp_path, monkeypatch):
     token = "hf_FAKEtoken1234567890abcdefSECRET"
     monkeypatch.setenv("HF_TOKEN", token)
@@ -317,7 +338,7 @@ def test_no_cell_writes_to_stderr_or_shows_library_noise(executed):
         noise = [line for line in _text(cell).splitlines() if NOISE.search(line) and line not in ALLOWED_NOISE]
         assert not noise, (name, cell.source, noise[:5])
     runner = [line for line in executed.stderr.splitlines() if line not in ALLOWED_NOISE]
-    assert not runner, runner[:5]  # the kernels' "running over TCP without encryption" lines are gone too
+    assert not runner, runner[:5]  # the kernels' own stderr goes to OUT/kernels.log
 
 
 @pytest.mark.slow
