@@ -114,6 +114,29 @@ def first_character(model: torch.nn.Module, tokenizer, rows: list[Row], cfg) -> 
             "mean_entropy_nats": sum(entropy) / len(entropy)}
 
 
+@torch.no_grad()
+def stop_after_true_couplet(model: torch.nn.Module, tokenizer, rows: list[Row], cfg) -> dict:
+    """P(EOS) after the prompt and the poem's own second couplet, by form (verse length x verses): whether the
+    model, given the true text, ends a 4-verse poem there and goes on with an 8-verse one (`stop_by_probability`
+    stops at P(EOS) >= 0.5). Against the verse counts it writes, this says whether a wrong count comes from not
+    knowing the form or from the couplet it wrote."""
+    model.eval()
+    device = next(model.parameters()).device
+    couplets = [re.match(r"(?:[^，。！？；、：]+[，。！？；、：]){2}", r.output).group(0) for r in rows]
+    sequences = [encode_prompt(tokenizer, r.instruction, r.input, cfg.prompt_mode) + tokenizer(c, add_special_tokens=False)["input_ids"]
+                 for r, c in zip(rows, couplets)]
+    stop: list[float] = []
+    for start in range(0, len(rows), cfg.generation_batch_size):
+        batch = {k: v.to(device) for k, v in left_pad(sequences[start : start + cfg.generation_batch_size], tokenizer.pad_token_id).items()}
+        stop += model(**batch).logits[:, -1].float().softmax(-1)[:, tokenizer.eos_token_id].tolist()
+    forms = [poem_form(r.input + r.output) for r in rows]
+    by_form = {f"{length}x{count}": [p for p, form in zip(stop, forms) if form == (length, count)] for length, count in sorted(set(forms))}
+    right = sum((p >= 0.5) == (count == 4) for p, (_, count) in zip(stop, forms))
+    return {"by_form": {f: {"poems": len(ps), "mean_stop_probability": round(sum(ps) / len(ps), 3), "stops": sum(p >= 0.5 for p in ps)}
+                        for f, ps in by_form.items()},
+            "verse_count_right_if_it_wrote_the_true_couplet": right / len(rows)}
+
+
 def score(rows: list[Row], gt: list[str], predictions: list[str]) -> dict:
     graded = grade_predictions(predictions, gt, [{"instruction": r.instruction, "input": r.input} for r in rows])
     form_ok = [p.form.verse_count_ok * p.form.lengths_ok for p in graded.poems]
@@ -234,6 +257,7 @@ def main() -> None:
         timings[f"generate_{stage}_s"] = round(time.perf_counter() - started, 1)
         figures[stage] = score(rows, gt, predictions)
         figures[stage]["first_character"] = first_character(model, tokenizer, rows, cfg)
+        figures[stage]["stop_after_true_second_couplet"] = stop_after_true_couplet(model, tokenizer, rows, cfg)
         figures[stage]["examples"] = [r.input + " → " + p for r, p in zip(rows[:8], predictions)]
         test_openings[stage] = diversity(generate(model, tokenizer, test_rows, cfg, progress=False))
 

@@ -76,3 +76,39 @@ def test_first_character_reads_the_distribution_after_the_prompt(tiny_config) ->
     assert sum(figures["likeliest"].values()) == len(rows)  # one likeliest token per prompt, batches of 2
     assert 0 < figures["mean_top_probability"] <= 1
     assert 0 <= figures["mean_entropy_nats"] <= math.log(len(tokenizer)) + 1e-6
+
+
+def test_stop_after_the_true_second_couplet_by_form() -> None:
+    """A stand-in model that ends a poem (P(EOS) 0.8) after a couplet ending 歸。 and goes on (0.1) otherwise."""
+    import torch
+
+    from tangpoem.config import load_config
+    from tangpoem.data import Row
+    from tangpoem.model import load_tokenizer
+
+    cfg = load_config("nano-cpu", {"generation_batch_size": 2})
+    tokenizer = load_tokenizer(cfg)
+    home = tokenizer.convert_tokens_to_ids("歸")
+
+    class EndsAtHome(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.full((*input_ids.shape, len(tokenizer)), -1e4)
+            p_eos = torch.where(input_ids[:, -2] == home, 0.8, 0.1)
+            logits[:, -1, tokenizer.eos_token_id] = p_eos.log()
+            logits[:, -1, 0] = (1 - p_eos).log()
+            return type("Output", (), {"logits": logits})()
+
+    five, seven = "白日依山盡，黃河入海流。", "故人西辭黃鶴樓，煙花三月下揚州。"
+    rows = [Row("", five, "欲窮千里目，更上一層歸。"),  # 5x4, ends: right
+            Row("", five, "山高月小時，水落石出歸。" + "江山如畫裏，一時多少豪。" * 2),  # 5x8, ends: wrong
+            Row("", five, "山高月小時，水落石出來。" + "江山如畫裏，一時多少豪。" * 2),  # 5x8, goes on: right
+            Row("", seven, "孤帆遠影碧空盡，唯見長江天際流。")]  # 7x4, goes on: wrong
+    figures = nano_heldout.stop_after_true_couplet(EndsAtHome(), tokenizer, rows, cfg)
+    assert figures["by_form"] == {"5x4": {"poems": 1, "mean_stop_probability": 0.8, "stops": 1},
+                                  "5x8": {"poems": 2, "mean_stop_probability": 0.45, "stops": 1},
+                                  "7x4": {"poems": 1, "mean_stop_probability": 0.1, "stops": 0}}
+    assert figures["verse_count_right_if_it_wrote_the_true_couplet"] == pytest.approx(2 / 4)
