@@ -120,6 +120,7 @@ def profiled_generation(model: torch.nn.Module, tokenizer: Any, cfg: Any, tokens
         longest = batch["input_ids"].shape[1] + new_tokens
         with torch.no_grad(), sdpa_kernel(backends), graphed_sampling(model, processors, new_tokens, new_tokens, cfg.do_sample,
                                                                       tokenizer.eos_token_id, tokenizer.pad_token_id, longest) as sampler:
+            assert sampler is not None, "no GraphedSampler for this model (needs sdpa, no 4-bit layers, no short window)"
             sampler.graphs = graphs
             sampler(**batch)
 
@@ -309,7 +310,10 @@ def main() -> None:
         results["figures"][label] = stage(f"lever: {label}", lever)
         release()
     if "generate" in chosen or "generate-profile" in chosen:  # timing does not depend on the weights: fresh adapters
-        generation_levers(chosen, fast, lambda label, fn: results["figures"].__setitem__(label, stage(label, fn)))
+        def record(label: str, fn: Callable[[], Any]) -> None:
+            results["figures"][label] = stage(label, fn)
+
+        generation_levers(chosen, fast, record)
     atomic_write_json(out_file, json.loads(json.dumps(results, default=str)))
 
 

@@ -1,6 +1,6 @@
 """tangpoem timed where its users call it, each in a process of its own:
 
-    generate  `tangpoem.generate.generate_test_results(cfg)`, the call behind `tangpoem generate` and notebook 06,
+    generate  `tangpoem.generate.generate_test_results(cfg)`, the call behind `tangpoem generate`,
               twice in one process (the first call pays the process's one-off set-up); its own load and
               generate seconds for each call, and the process's peak GPU memory
     cli       the `tangpoem` command's own entry (tangpoem.cli.main) under a GPU memory cap, with only the

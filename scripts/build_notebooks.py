@@ -568,7 +568,9 @@ The checkpoints 05 saved (LoRA weights only, a few MB). `checkpoint_index` picks
     ("md", "## 載入原模型 + 選到的 adapter  Base model plus the chosen adapter"),
     ("code", """from tangpoem.generate import load_for_generation
 
-model, tokenizer, adapter = load_for_generation(cfg)  # the adapter `checkpoint_index` picks
+# the adapter `checkpoint_index` picks, kept apart from the base weights (not merged, even with dense_generation):
+# the cells below switch it off for "before" and the app swaps it
+model, tokenizer, adapter = load_for_generation(cfg, adapter_apart=True)
 print(f"adapter: {adapter}")"""),
     ("md", """## 15 首測試詩 → results.txt
 

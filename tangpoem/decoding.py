@@ -18,15 +18,13 @@ class DeviceNoRepeatNGram(LogitsProcessor):
         self.n = ngram_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] < self.n:  # no complete n-gram yet: nothing to ban
-            return scores
         return self.in_buffer(input_ids, input_ids.shape[1], scores)
 
     def in_buffer(self, input_ids: torch.LongTensor, length: torch.Tensor | int, scores: torch.FloatTensor) -> torch.FloatTensor:
         """The same bans, where `input_ids` is a buffer of fixed shape whose first `length` tokens are the sequence
         so far (a 0-d tensor in fast.decode's CUDA graph, where shapes cannot grow and no value may be read)."""
         n = self.n
-        if input_ids.shape[1] < n:
+        if input_ids.shape[1] < n:  # no complete n-gram yet: nothing to ban
             return scores
         windows = input_ids.unfold(1, n, 1)  # (B, L-n+1, n): every n-gram of the buffer
         within = torch.arange(windows.shape[1], device=input_ids.device) + n <= length  # (L-n+1,): in the sequence so far

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from tangpoem.config import Config, load_config
-from tangpoem.errors import speak_to
-from tangpoem.io import atomic_write_json
+from tangpoem.errors import InputError, speak_to
+from tangpoem.io import atomic_write_json, display_path
 from tangpoem.runtime import has_native_bf16
 from tangpoem.table import Table
 
@@ -334,6 +334,10 @@ def before_after(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: 
     rows = demo_rows(couplets)
     before = load_demo_poems(cfg, couplets)
     if before is None:
+        if not hasattr(model, "disable_adapter"):
+            raise InputError(f"{display_path(Path(cfg.output_dir) / DEMO_BEFORE_FILE)}: no base-model poems of this model from 03, "
+                             "and its adapter is merged (or absent), so it cannot be switched off: run 03 first, or load the "
+                             "model with load_for_generation(cfg, adapter_apart=True)")
         with model.disable_adapter():  # a PeftModel: the base model's weights alone
             before = generate(model, tokenizer, rows, cfg, progress=False)
     after = generate(model, tokenizer, rows, cfg, progress=False)

@@ -53,7 +53,10 @@ def shuffled_order(num_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 def epoch_order(cfg: Config, lengths: Sequence[int], world_size: int = 1) -> Callable[[int], Sequence[int]]:
     """epoch -> its rows in training order: shuffled; with `balanced_steps`, then evened out in tokens over
-    the micro-batches that one rank runs (tangpoem.fast.balance). Each epoch's order is computed once."""
+    groups of a micro-batch's rows counted from the epoch's start (tangpoem.fast.balance). Those groups are the
+    micro-batches the ranks run when each rank's share of a step is whole micro-batches (batch_size a multiple of
+    processes × micro_batch_size, as in the shipped configs); otherwise they straddle shares and even out less.
+    Each epoch's order is computed once."""
     order = functools.partial(shuffled_order, len(lengths), cfg.seed)
     if cfg.balanced_steps:
         from tangpoem.fast.balance import balance_micro_batches
@@ -256,16 +259,16 @@ def optimizer_and_schedule(cfg: Config, params: list[torch.nn.Parameter], device
 
 
 def eager_micro_loss(cfg: Config, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype,
-                     ranks: Distributed, ddp_hooks: bool) -> Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]:
-    """The micro-step's loss: batch layout, loss, mixed precision and DDP (`ddp_hooks`: torch's DDP wrapper;
+                     ranks: Distributed, wrap_in_ddp: bool) -> Callable[[Sequence[EncodedRow], int, bool], torch.Tensor]:
+    """The micro-step's loss: batch layout, loss, mixed precision and DDP (`wrap_in_ddp`: torch's DDP wrapper;
     without it under several ranks, fast.levers.gradient_sync averages the gradients), each chosen here once."""
     train_model = model
-    if ddp_hooks:
+    if wrap_in_ddp:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
     autocast = device.type == "cuda" and dtype != torch.float32
     make_batch = packed_batch if cfg.padding_free else padded_batch
     compute_loss = answer_logits_loss if cfg.answer_logits_only else full_logits_loss
-    accumulate = train_model.no_sync if ddp_hooks else contextlib.nullcontext  # gradients sync on the last micro-batch
+    accumulate = train_model.no_sync if wrap_in_ddp else contextlib.nullcontext  # gradients sync on the last micro-batch
 
     def micro_loss(rows: Sequence[EncodedRow], num_items: int, last: bool) -> torch.Tensor:
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in make_batch(rows, tokenizer.pad_token_id).items()}

@@ -164,6 +164,39 @@ def test_graphed_sampler_run_eagerly_gives_generates_very_tokens(tiny_name, tiny
     assert torch.equal(actual, expected)
 
 
+def test_a_token_step_the_gpu_cannot_record_is_one_line_naming_the_knob(monkeypatch):
+    """A kernel that a GPU (or a library version) cannot record into a CUDA graph: one line that says to set
+    static_cache: false, not CUDA's own error from inside generate; the call's buffers are released."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    import tangpoem.fast.decode as decode
+    import tangpoem.fast.graphs as graphs
+    from tangpoem.errors import RunError
+
+    class Refused:
+        def __init__(self, graph) -> None:
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+    monkeypatch.setattr(graphs, "warm_up_cublas", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", Refused)
+    config = MistralConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = MistralForCausalLM(config).eval()
+    sampler = decode.GraphedSampler(model, [], 8, 0, False, 2, 0, graphs=True)
+    ids = torch.randint(3, 200, (2, 6))
+    with pytest.raises(RunError, match=r"could not record the token step as a CUDA graph \(operation not permitted when "
+                                       r"stream is capturing\); set static_cache: false"), torch.no_grad():
+        sampler(ids, torch.ones_like(ids))
+    assert sampler.tokens is None and sampler.cache_inputs is None
+
+
 def test_grouped_decode_attention_is_sdpas_attention_and_writes_the_same_tokens(tiny_name, course_dir):
     """The decode step's attention with the query heads of each key/value head grouped as its queries: the
     attention of transformers' sdpa (which copies the cache to every query head first), and the same greedy

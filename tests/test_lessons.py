@@ -175,3 +175,28 @@ def test_a_cpu_runtime_loads_without_4bit_unless_the_knob_says_so(monkeypatch, c
                                           for_this_machine=True).load_in_4bit is True
     assert lessons.config_from_parameters("breeze-colab-t4", {}, mount_drive=False).load_in_4bit is True
     assert "no CUDA GPU" not in capsys.readouterr().out
+
+
+def test_before_after_switches_the_adapter_off_or_says_what_to_do(tmp_path):
+    """Without 03's saved poems, "before" is the model with its adapter switched off; a merged model (or one
+    without an adapter) cannot do that: one line naming 03's file and the two ways out."""
+    from tangpoem.errors import InputError
+    from tangpoem.generate import DEMO_COUPLETS
+    from tangpoem.model import add_lora, load_base_model, load_tokenizer
+
+    cfg = load_config("tiny-cpu", {"output_dir": str(tmp_path), "max_new_tokens": 4, "min_new_tokens": 0})
+    tokenizer = load_tokenizer(cfg)
+    with pytest.raises(InputError, match=r"demo.*no base-model poems of this model from 03.*run 03 first.*adapter_apart=True"):
+        lessons.before_after(load_base_model(cfg), tokenizer, cfg, DEMO_COUPLETS[:2])
+    torch.manual_seed(0)
+    model = add_lora(load_base_model(cfg), cfg)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=1.0)  # an adapter that changes the poems
+    table = lessons.before_after(model, tokenizer, cfg, DEMO_COUPLETS[:2])
+    with model.disable_adapter():
+        from tangpoem.generate import demo_rows, generate
+
+        base = generate(model, tokenizer, demo_rows(DEMO_COUPLETS[:2]), cfg, progress=False)
+    assert [row[1] for row in table.rows] == base
+    assert [row[2] for row in table.rows] != base

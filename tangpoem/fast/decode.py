@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 import torch
 
+from tangpoem.decoding import DeviceNoRepeatNGram
+from tangpoem.errors import RunError
 
 GROUPED_DECODE = "tangpoem_grouped_decode"
 
@@ -60,14 +62,16 @@ class GraphedSampler:
     (docs/speed-log.md, run 12). Same semantics as generate with these processors: its MinNewTokens rule first,
     then the processors in order, sampling by torch.multinomial on their softmax (argmax when greedy), pads
     after a row's EOS; drawn from the same generator in the same order, so a CPU run (graphs=False) gives
-    generate's very tokens."""
+    generate's very tokens.
+
+    A call's state lives in buffers the graph reads and advances in place: `tokens` (prompt and new tokens),
+    `allowed` (the keys each row may attend to), `length` (tokens so far), `unfinished`, `next_position`
+    and the static cache."""
 
     def __init__(self, model: torch.nn.Module, processors: Any, max_new_tokens: int, min_new_tokens: int,
                  do_sample: bool, eos_token_id: int | None, pad_token_id: int, graphs: bool = True, check_every: int = 8) -> None:
-        from tangpoem.decoding import DeviceNoRepeatNGram
-
         self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.processors, self.ngram_type = processors, DeviceNoRepeatNGram
+        self.processors = processors
         self.max_new_tokens, self.min_new_tokens, self.do_sample = max_new_tokens, min_new_tokens, do_sample
         self.eos, self.pad, self.graphs, self.check_every = eos_token_id, pad_token_id, graphs, check_every
         # transformers 5.17 names the cache `past_key_values`; later 5.x `cache` (the old name warns)
@@ -100,20 +104,24 @@ class GraphedSampler:
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as generate's
         self.next_position = positions[:, -1:] + 1
         self.cache_inputs = {self.cache_key: cache, "use_cache": True}
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=1,
-                            **self.cache_inputs).logits
-        self.choose(logits)
-        steps = self.max_new_tokens - 1
-        graph = self.capture() if self.graphs and steps else None
-        done = 0
-        while done < steps:
-            graph.replay() if graph is not None else self.step()
-            done += 1
-            if done % self.check_every == 0 and not bool(self.unfinished.any()):
-                break
-        new = self.tokens[:, prompt : prompt + 1 + done]
-        self.tokens = self.allowed = self.cache_inputs = None  # the cache's memory goes with the call
-        return new
+        try:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=1,
+                                **self.cache_inputs).logits
+            self.choose(logits)
+            steps = self.max_new_tokens - 1
+            graph = self.capture() if self.graphs and steps else None
+            done = 0
+            while done < steps:
+                if graph is not None:
+                    graph.replay()
+                else:
+                    self.step()
+                done += 1
+                if done % self.check_every == 0 and not bool(self.unfinished.any()):
+                    break
+            return self.tokens[:, prompt : prompt + 1 + done]
+        finally:  # the cache's and the graph's memory go with the call, an error's too (a notebook keeps its traceback)
+            self.tokens = self.allowed = self.cache_inputs = cache = graph = None
 
     def step(self) -> None:
         """One new token: the last one's forward through the cache, then the choice (in place: replayable)."""
@@ -129,7 +137,7 @@ class GraphedSampler:
             early = self.length - self.prompt < self.min_new_tokens
             scores[:, self.eos] = torch.where(early, torch.full_like(scores[:, self.eos], -math.inf), scores[:, self.eos])
         for processor in self.processors:
-            scores = (processor.in_buffer(self.tokens, self.length, scores) if isinstance(processor, self.ngram_type)
+            scores = (processor.in_buffer(self.tokens, self.length, scores) if isinstance(processor, DeviceNoRepeatNGram)
                       else processor(self.tokens, scores))  # the others read only the scores
         if self.do_sample:
             chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
@@ -148,8 +156,13 @@ class GraphedSampler:
         # for the capture's stream are new. Recording runs nothing: the first replay makes the second token.
         warm_up_cublas(self.tokens.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.step()
+        try:
+            with torch.cuda.graph(graph):
+                self.step()
+        except RuntimeError as e:  # a kernel this GPU or library version cannot record
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RunError(f"generation: this GPU could not record the token step as a CUDA graph ({reason}); "
+                           "set static_cache: false (--set static_cache=false) to generate with transformers") from e
         self.captures += 1
         return graph
 
