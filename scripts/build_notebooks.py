@@ -258,13 +258,15 @@ prediction itself changes (last column). The unpadded row is unaffected."""),
 # ----------------------------------------------------------------------------- 03
 
 GEN_KNOBS = ["seed", "do_sample", "temperature", "top_k", "top_p", "no_repeat_ngram_size", "max_new_tokens"]
-NB03_KNOBS = ["model_name_or_path", "load_in_4bit", "prompt_mode", *GEN_KNOBS]
+NB03_KNOBS = ["model_name_or_path", "load_in_4bit", "prompt_mode", "data_dir", *GEN_KNOBS]
 NB03 = header("03_decoding", "03 · 解碼 Decoding", """模型每一步只給出「下一個 token 的機率分布」；怎麼從分布裡挑 token 就是解碼。
-這裡用模型真正的分布看 temperature、top-k、top-p，再看最大長度與 no-repeat n-gram，最後記下**微調前**模型對作業三個示範上聯的回答。
+這裡用模型真正的分布看 temperature、top-k、top-p，再看最大長度與 no-repeat n-gram、作業的設定為什麼讓很多首詩同一個開頭，
+最後記下**微調前**模型對作業三個示範上聯的回答。
 
 At each step the model gives a distribution over the next token; decoding is how a token is picked from it.
 We look at temperature, top-k and top-p on the model's real distributions, then at the length limit and
-no-repeat n-grams, and keep the model's poems for the homework's three demo couplets **before fine-tuning**.""") + preamble(
+no-repeat n-grams, and at why the homework's decoding gives many poems one opening, and keep the model's poems
+for the homework's three demo couplets **before fine-tuning**.""") + preamble(
     NB03_KNOBS, '''
 temperatures = [0.1, 0.5, 1.0, 2.0]  # the temperatures drawn side by side
 answer_prefix = "春蠶到死"  # the start of an answer, so we look at a next character mid-verse
@@ -321,6 +323,27 @@ fig = plots.top_k_top_p_figure(dist.top_labels, dist.top_probs(), kept_k, kept_p
     "homework 作業設定": {},
     "homework, max_new_tokens=12": dict(max_new_tokens=12),
 })"""),
+    ("md", """## 同一個開頭 One opening for many couplets
+
+作業的設定（T = 0.1、top-p = 0.3）幾乎每一步都挑機率最高的字。模型對答案第一個字的分布常常很平（最高的也只有百分之幾），
+這時最高的那個字往往不管上聯是什麼都一樣，於是很多首詩用同一個開頭（小模型像 tangpoem-nano 特別明顯）。下面是 15 首測試詩
+的第一句：作業設定一欄，T 調高、top-p 放寬的一欄；最後一列是最常見的開頭（前四個字）出現幾次。作業仍用它自己的設定，
+這裡只是看解碼會改變什麼。
+
+The homework's decoding (T = 0.1, top-p = 0.3) nearly always takes the likeliest character. The model's
+distribution over an answer's first character is often flat (the likeliest has a few percent), and then the
+likeliest is often the same whatever the couplet, so many poems open alike (a small model such as tangpoem-nano
+shows it most). The 15 test poems' first verses with the homework's decoding and with a higher temperature and a
+wider top-p; the last row counts each column's commonest opening (first four characters). The homework keeps its
+own decoding: this shows what decoding changes."""),
+    ("code", """from tangpoem.data import load_test_rows
+
+print(lessons.prepare_data(cfg.data_dir))
+test_couplets = [row.input for row in load_test_rows(cfg.data_dir)]
+lessons.openings(model, tokenizer, cfg, test_couplets, {  # 16 new tokens: the first verse is enough
+    "homework 作業設定": dict(max_new_tokens=16),
+    "T=0.8, top_p=0.9": dict(temperature=0.8, top_p=0.9, max_new_tokens=16),
+})""", ["openings"]),
     ("md", """## 微調前的詩 Poems before fine-tuning
 
 作業的三個示範上聯，用作業的解碼設定。結果存進 `output_dir`，06 會把它們和微調後的放在一起比較。

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -241,6 +242,23 @@ def compare_decoding(model: torch.nn.Module, tokenizer: Any, cfg: Config, couple
         variant = dataclasses.replace(cfg, **overrides)
         rows.append([name, generate(model, tokenizer, demo_rows([couplet]), variant, progress=False)[0]])
     return Table(["decoding 解碼設定", f"{couplet} → continuation 續寫"], rows)
+
+
+def openings(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: Sequence[str],
+             variants: Mapping[str, Mapping[str, Any]]) -> Table:
+    """Each couplet's first verse under several decoding settings (config overrides), and in the last row each
+    setting's commonest opening (the first four characters) with how many continuations share it."""
+    from tangpoem.generate import demo_rows, generate
+    from tangpoem.grade.normalize import split_verses
+
+    columns, commonest = [], []
+    for overrides in variants.values():
+        poems = generate(model, tokenizer, demo_rows(couplets), dataclasses.replace(cfg, **overrides), progress=False)
+        columns.append([(split_verses(p) or [""])[0] for p in poems])
+        opening, count = Counter("".join(split_verses(p))[:4] for p in poems).most_common(1)[0]
+        commonest.append(f"{opening} ({count} of {len(poems)})")
+    rows = [[c, *verses] for c, verses in zip(couplets, zip(*columns))]
+    return Table(["couplet 上聯", *variants], [*rows, ["commonest opening 最常見的開頭", *commonest]])
 
 
 def save_demo_poems(cfg: Config, couplets: Sequence[str], poems: Sequence[str]) -> Path:

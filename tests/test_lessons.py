@@ -200,3 +200,25 @@ def test_before_after_switches_the_adapter_off_or_says_what_to_do(tmp_path):
         base = generate(model, tokenizer, demo_rows(DEMO_COUPLETS[:2]), cfg, progress=False)
     assert [row[1] for row in table.rows] == base
     assert [row[2] for row in table.rows] != base
+
+
+def test_openings_table_gives_first_verses_and_each_settings_commonest_opening(tiny, course_dir):
+    """One column per decoding setting: each couplet's first verse, then the commonest first four characters
+    and how many continuations begin with them."""
+    import dataclasses
+    import re
+
+    from tangpoem.data import load_test_rows
+    from tangpoem.generate import demo_rows, generate
+    from tangpoem.grade.normalize import split_verses
+
+    cfg, model, tokenizer = tiny
+    couplets = [r.input for r in load_test_rows(course_dir)][:6]
+    variants = {"greedy": dict(do_sample=False, max_new_tokens=12), "sampled": dict(temperature=1.0, top_p=1.0, max_new_tokens=12)}
+    table = lessons.openings(model, tokenizer, cfg, couplets, variants)
+    assert table.columns == ["couplet 上聯", "greedy", "sampled"] and len(table.rows) == 7
+    for index, (name, overrides) in enumerate(variants.items(), start=1):
+        poems = generate(model, tokenizer, demo_rows(couplets), dataclasses.replace(cfg, **overrides), progress=False)
+        assert [row[index] for row in table.rows[:-1]] == [(split_verses(p) or [""])[0] for p in poems]
+        opening, count = re.fullmatch(r"(.*) \((\d+) of 6\)", table.rows[-1][index]).groups()
+        assert int(count) == sum("".join(split_verses(p))[:4] == opening for p in poems) >= 1

@@ -374,6 +374,21 @@ def test_the_top_k_demo_drops_candidates_that_are_shown(executed):
 
 
 @pytest.mark.slow
+def test_the_openings_demo_shows_the_homeworks_decoding_repeat_an_opening(executed):
+    """03, tangpoem-nano before fine-tuning: the homework's near-greedy decoding opens more of the 15 test poems
+    alike than sampling at T 0.8, top-p 0.9 does (the count in the last row)."""
+    rows = _markdown_table(executed.one("openings"))
+    poems, commonest = rows[:-1], rows[-1]
+    assert len(poems) == 15 and commonest["couplet 上聯"] == "commonest opening 最常見的開頭"
+    counts = {}
+    for column in ("homework 作業設定", "T=0.8, top_p=0.9"):
+        opening, count, total = re.fullmatch(r"(.{4}) \((\d+) of (\d+)\)", commonest[column]).groups()
+        assert total == "15" and sum(r[column].startswith(opening) for r in poems) == int(count), column
+        counts[column] = int(count)
+    assert counts["homework 作業設定"] > counts["T=0.8, top_p=0.9"]
+
+
+@pytest.mark.slow
 def test_the_attention_mask_demo_changes_without_the_mask(executed):
     """02: the padded row's next-token probability equals its unpadded value with the mask, not without it."""
     padded, unpadded = _markdown_table(executed.one("demo-mask"))
