@@ -40,6 +40,7 @@ from tangpoem.grade.grading import prosody_verses  # noqa: E402
 from tangpoem.grade.normalize import split_verses  # noqa: E402
 from tangpoem.grade.prosody import continuation_pingze  # noqa: E402
 from tangpoem.io import atomic_write_json  # noqa: E402
+from tangpoem.lessons import opening  # noqa: E402  (notebook 03's openings table counts the same)
 from tangpoem.nano import NANO_DIR  # noqa: E402
 from tangpoem.prompt import INSTRUCTION  # noqa: E402
 from tangpoem.tokens import encode_prompt  # noqa: E402
@@ -60,11 +61,6 @@ def heldout_rows(poems: list[nano_corpus.Poem]) -> tuple[list[Row], list[str]]:
 
 
 # ----------------------------------------------------------------------------- measures
-
-def opening(text: str) -> str:
-    """The first 4 characters of a continuation, verse marks and spaces left out."""
-    return "".join(split_verses(text))[:4]
-
 
 def diversity(texts: list[str]) -> dict:
     """How alike the continuations are: the commonest 4-character openings, the most repeated verses."""

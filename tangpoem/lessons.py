@@ -244,10 +244,18 @@ def compare_decoding(model: torch.nn.Module, tokenizer: Any, cfg: Config, couple
     return Table(["decoding 解碼設定", f"{couplet} → continuation 續寫"], rows)
 
 
+def opening(text: str) -> str:
+    """The first 4 characters of a continuation, verse marks and spaces left out."""
+    from tangpoem.grade.normalize import split_verses
+
+    return "".join(split_verses(text))[:4]
+
+
 def openings(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: Sequence[str],
              variants: Mapping[str, Mapping[str, Any]]) -> Table:
     """Each couplet's first verse under several decoding settings (config overrides), and in the last row each
-    setting's commonest opening (the first four characters) with how many continuations share it."""
+    setting's commonest opening (the first four characters; empty continuations have none) with how many
+    continuations share it."""
     from tangpoem.generate import demo_rows, generate
     from tangpoem.grade.normalize import split_verses
 
@@ -255,8 +263,8 @@ def openings(model: torch.nn.Module, tokenizer: Any, cfg: Config, couplets: Sequ
     for overrides in variants.values():
         poems = generate(model, tokenizer, demo_rows(couplets), dataclasses.replace(cfg, **overrides), progress=False)
         columns.append([(split_verses(p) or [""])[0] for p in poems])
-        opening, count = Counter("".join(split_verses(p))[:4] for p in poems).most_common(1)[0]
-        commonest.append(f"{opening} ({count} of {len(poems)})")
+        top = Counter(o for o in map(opening, poems) if o).most_common(1)
+        commonest.append(f"{top[0][0]} ({top[0][1]} of {len(poems)})" if top else f"none (0 of {len(poems)})")
     rows = [[c, *verses] for c, verses in zip(couplets, zip(*columns))]
     return Table(["couplet 上聯", *variants], [*rows, ["commonest opening 最常見的開頭", *commonest]])
 

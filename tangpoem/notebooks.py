@@ -186,6 +186,7 @@ def _execute(notebooks: list[Path], runs: list[NotebookRun], declared: dict[Path
     from papermill.exceptions import PapermillExecutionError
 
     kernel_log = out / KERNEL_LOG
+    kernel_manager = _kernel_manager(kernel_log)
     for nb, run in zip(notebooks, runs):
         started = time.perf_counter()
         log(f"run  {nb.name} ...")
@@ -195,7 +196,7 @@ def _execute(notebooks: list[Path], runs: list[NotebookRun], declared: dict[Path
             papermill.execute_notebook(str(nb), run.output, kernel_name=KERNEL_NAME, language="python", cwd=str(out),
                                        parameters={k: v for k, v in values.items() if k in declared[nb]},
                                        progress_bar=False, extra_arguments=KERNEL_ARGUMENTS,
-                                       kernel_manager_class=_kernel_manager(kernel_log))
+                                       kernel_manager_class=kernel_manager)
         except (PapermillExecutionError, DeadKernelError) as e:
             run.status, run.seconds = "failed", time.perf_counter() - started
             run.error = (_failure(nb, Path(run.output), e) if isinstance(e, PapermillExecutionError) else

@@ -222,3 +222,16 @@ def test_openings_table_gives_first_verses_and_each_settings_commonest_opening(t
         assert [row[index] for row in table.rows[:-1]] == [(split_verses(p) or [""])[0] for p in poems]
         opening, count = re.fullmatch(r"(.*) \((\d+) of 6\)", table.rows[-1][index]).groups()
         assert int(count) == sum("".join(split_verses(p))[:4] == opening for p in poems) >= 1
+
+
+def test_openings_skip_empty_continuations(monkeypatch):
+    """An empty continuation (or one of verse marks only) has no opening: it never is the commonest one."""
+    import tangpoem.generate
+
+    cfg = load_config("tiny-cpu")
+    monkeypatch.setattr(tangpoem.generate, "generate", lambda model, tokenizer, rows, cfg, progress: ["", "。", "", "春風，又綠"])
+    table = lessons.openings(None, None, cfg, ["a", "b", "c", "d"], {"one": {}})
+    assert table.rows[-1][1] == "春風又綠 (1 of 4)" and [r[1] for r in table.rows[:-1]] == ["", "", "", "春風"]
+    monkeypatch.setattr(tangpoem.generate, "generate", lambda model, tokenizer, rows, cfg, progress: ["", "。"])
+    assert lessons.openings(None, None, cfg, ["a", "b"], {"one": {}}).rows[-1][1] == "none (0 of 2)"
+    assert lessons.opening("不知，何處堪惆悵") == "不知何處"
