@@ -1,0 +1,118 @@
+"""Where a process's first generation call spends the time its second call does not (issue 18).
+
+    python benchmarks/generate_first_call.py --config breeze-h100 --set model_name_or_path=CKPT --set data_dir=DIR \\
+        --out DIR
+
+`generate(model, tokenizer, rows, cfg)` (the call inside `generate_test_results`) three times in one
+process, on the base model loaded by `load_for_generation` (no adapter: the same dense, graphed path as a
+merged one), each call's wall seconds split into the sampler's phases (prefill: the prompts' forward and
+first choice; capture: recording the token step; the replays and the rest). With --profile the calls run
+under torch.profiler (which slows them) and OUT/callN.txt holds its tables. Writes OUT/first_call[-profiled].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from measure import versions
+
+
+def sync() -> None:
+    if torch.cuda.is_available():  # a CPU smoke run has nothing to wait for
+        torch.cuda.synchronize()
+
+
+def labelled_sampler() -> None:
+    """Wrap the sampler's phases in profiler labels (this script's process only)."""
+    from tangpoem.fast import decode
+
+    sampler = decode.GraphedSampler
+    call, capture, choose = sampler.__call__, sampler.capture, sampler.choose
+
+    def labelled_call(self, *args, **kwargs):
+        self._prefilled = False
+        with record_function("sampler: call"):
+            return call(self, *args, **kwargs)
+
+    def labelled_choose(self, logits):
+        if not self._prefilled:  # the first choice ends the prefill; later ones run inside the graph
+            self._prefilled = True
+            sync()
+            self._phase_marks.append(("prefill", time.perf_counter()))
+        return choose(self, logits)
+
+    def labelled_capture(self):
+        with record_function("sampler: capture"):
+            graph = capture(self)
+        sync()
+        self._phase_marks.append(("capture", time.perf_counter()))
+        return graph
+
+    sampler.__call__, sampler.choose, sampler.capture = labelled_call, labelled_choose, labelled_capture
+    sampler._phase_marks = []
+
+
+def timed_call(model, tokenizer, rows, cfg, profiled: bool, out: Path) -> dict:
+    from tangpoem.fast.decode import GraphedSampler
+    from tangpoem.generate import generate
+
+    GraphedSampler._phase_marks = marks = []
+    sync()
+    started = time.perf_counter()
+    if profiled:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            generate(model, tokenizer, rows, cfg, progress=False)
+            sync()
+    else:
+        generate(model, tokenizer, rows, cfg, progress=False)
+        sync()
+    ended = time.perf_counter()
+    phases, last = {}, started
+    for name, mark in marks:
+        phases[name] = round(mark - last, 4)
+        last = mark
+    phases["replays_and_rest"] = round(ended - last, 4)
+    if profiled:
+        table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
+        table += "\n\n" + prof.key_averages().table(sort_by="device_time_total", row_limit=30)
+        out.write_text(table, encoding="utf-8")
+    return {"seconds": round(ended - started, 4), "profiled": profiled, "phases": phases}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    from tangpoem.config import load_config, parse_set
+    from tangpoem.data import load_test_rows
+    from tangpoem.generate import load_for_generation
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    process_started = time.perf_counter()
+    cfg = load_config(args.config, parse_set(args.overrides))
+    rows = load_test_rows(cfg.data_dir)
+    loading = time.perf_counter()
+    model, tokenizer, _ = load_for_generation(cfg, adapter=None)
+    sync()
+    loaded = time.perf_counter()
+    labelled_sampler()
+    calls = [timed_call(model, tokenizer, rows, cfg, args.profile, args.out / f"call{n}.txt") for n in (1, 2, 3)]
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "versions": versions(), "config": args.config,
+              "process_to_load_seconds": round(loading - process_started, 3), "load_seconds": round(loaded - loading, 3),
+              "calls": calls}
+    (args.out / ("first_call-profiled.json" if args.profile else "first_call.json")).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
