@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from measure import versions
+from measure import environment
 
 
 def sync() -> None:
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--commit", default=(Path(__file__).parents[1] / ".gpu_data" / "COMMIT"), type=Path,
+                        help="a file holding the commit measured (benchmarks/gpu_carry.py writes .gpu_data/COMMIT)")
     args = parser.parse_args()
 
     from tangpoem.config import load_config, parse_set
@@ -107,7 +109,8 @@ def main() -> None:
     loaded = time.perf_counter()
     labelled_sampler()
     calls = [timed_call(model, tokenizer, rows, cfg, args.profile, args.out / f"call{n}.txt") for n in (1, 2, 3)]
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "versions": versions(), "config": args.config,
+    commit = args.commit.read_text().strip() if args.commit.is_file() else "unknown"
+    result = {**(environment(commit) if torch.cuda.is_available() else {"device": "cpu", "commit": commit}), "config": args.config,
               "process_to_load_seconds": round(loading - process_started, 3), "load_seconds": round(loaded - loading, 3),
               "calls": calls}
     (args.out / ("first_call-profiled.json" if args.profile else "first_call.json")).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
