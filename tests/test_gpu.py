@@ -227,6 +227,28 @@ def test_dense_generation_is_the_users_fast_path_and_writes_the_same_poems(small
           f"(second call {again.generate_seconds:.2f} s); loading {plain.load_seconds:.2f} s / {dense.load_seconds:.2f} s")
 
 
+def test_notebook_06s_adapter_apart_layout_writes_the_merged_and_the_base_models_poems(small_mistral, tmp_path, course_dir):
+    """Notebook 06 with breeze-h100's levers: load_for_generation(adapter_apart=True) keeps the adapter a peft
+    adapter over the dequantized weights, so before_after (no poems from 03) can switch it off. Its "after" column
+    is the merged fast path's poems, its "before" the base model's, each through the graphed sampler."""
+    from tangpoem import lessons
+    from tangpoem.generate import DEMO_COUPLETS, demo_rows, generate, load_for_generation
+
+    common = dict(compute_dtype="float32", max_steps=4, save_steps=4, do_sample=False, max_new_tokens=32,
+                  gradient_checkpointing=False, dense_generation=True, static_cache=True)
+    cfg = gpu_config(small_mistral, tmp_path, course_dir, **common)
+    train(cfg)
+    couplets, rows = DEMO_COUPLETS[:4], demo_rows(DEMO_COUPLETS[:4])
+    apart, tokenizer, adapter = load_for_generation(cfg, adapter_apart=True)
+    assert adapter is not None and hasattr(apart, "disable_adapter")
+    table = lessons.before_after(apart, tokenizer, cfg, couplets)
+    merged, _, _ = load_for_generation(cfg)
+    base, _, _ = load_for_generation(cfg, adapter=None)
+    assert [row[2] for row in table.rows] == generate(merged, tokenizer, rows, cfg, progress=False)
+    assert [row[1] for row in table.rows] == generate(base, tokenizer, rows, cfg, progress=False)
+    assert [row[1] for row in table.rows] != [row[2] for row in table.rows]  # the adapter changed something
+
+
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_graphed_sampler_replays_the_tokens_it_makes_step_by_step(small_mistral, tmp_path, course_dir, do_sample):
     """GraphedSampler with each token's step replayed as a CUDA graph against the same steps run one by one:
