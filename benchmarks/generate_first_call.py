@@ -1,7 +1,7 @@
 """Where a process's first generation call spends the time its second call does not (issue 18).
 
     python benchmarks/generate_first_call.py --config breeze-h100 --set model_name_or_path=CKPT --set data_dir=DIR \\
-        --out DIR
+        --out DIR [--profile] [--commit SHA]
 
 `generate(model, tokenizer, rows, cfg)` (the call inside `generate_test_results`) three times in one
 process, on the base model loaded by `load_for_generation` (no adapter: the same dense, graphed path as a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +27,16 @@ from measure import environment
 def sync() -> None:
     if torch.cuda.is_available():  # a CPU smoke run has nothing to wait for
         torch.cuda.synchronize()
+
+
+def measured_commit() -> str:
+    """The checkout's commit; on the GPU machine (a copy of the tree, no git) the one .gpu_data/COMMIT names."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        carried = root / ".gpu_data" / "COMMIT"
+        return carried.read_text().strip() if carried.is_file() else "unknown"
 
 
 def labelled_sampler() -> None:
@@ -91,8 +102,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--commit", default=(Path(__file__).parents[1] / ".gpu_data" / "COMMIT"), type=Path,
-                        help="a file holding the commit measured (benchmarks/gpu_carry.py writes .gpu_data/COMMIT)")
+    parser.add_argument("--commit", help="the commit measured (default: git's, else .gpu_data/COMMIT, which gpu_carry.py writes)")
     args = parser.parse_args()
 
     from tangpoem.config import load_config, parse_set
@@ -109,7 +119,7 @@ def main() -> None:
     loaded = time.perf_counter()
     labelled_sampler()
     calls = [timed_call(model, tokenizer, rows, cfg, args.profile, args.out / f"call{n}.txt") for n in (1, 2, 3)]
-    commit = args.commit.read_text().strip() if args.commit.is_file() else "unknown"
+    commit = args.commit or measured_commit()
     result = {**(environment(commit) if torch.cuda.is_available() else {"device": "cpu", "commit": commit}), "config": args.config,
               "process_to_load_seconds": round(loading - process_started, 3), "load_seconds": round(loaded - loading, 3),
               "calls": calls}
