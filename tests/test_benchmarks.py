@@ -156,3 +156,29 @@ def test_the_roofline_model_meets_its_calibration_and_reports_held_out_errors(co
     assert homework["tokens_per_step"] == 16 * 256 and t4_layout["tokens_per_step"] == pytest.approx(111800 / 65)
     assert t4_layout["Tesla T4"]["step_s"] < homework["Tesla T4"]["step_s"]
     assert "note" in model["recipes"]["breeze-h100"]["Tesla T4"]
+
+
+def test_the_first_call_benchmarks_phase_labels_leave_the_samplers_tokens_alone(monkeypatch):
+    """generate_first_call.py wraps the sampler's methods to mark the end of the prefill (and of a capture): the
+    wrapped sampler writes the tokens the plain one does, and marks the prefill once a call."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    import generate_first_call
+    from tangpoem.fast import decode
+
+    for name in ("__call__", "choose", "capture"):  # restored after the test: the wrappers change the class
+        monkeypatch.setattr(decode.GraphedSampler, name, getattr(decode.GraphedSampler, name))
+    monkeypatch.setattr(decode.GraphedSampler, "_phase_marks", [], raising=False)  # removed again after the test
+    config = MistralConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    ids = torch.randint(3, 200, (2, 6))
+    with torch.no_grad():
+        plain = decode.GraphedSampler(model, [], 12, 0, False, 2, 0, graphs=False)(ids, torch.ones_like(ids))
+        generate_first_call.labelled_sampler()
+        decode.GraphedSampler._phase_marks = []
+        labelled = decode.GraphedSampler(model, [], 12, 0, False, 2, 0, graphs=False)(ids, torch.ones_like(ids))
+    assert torch.equal(plain, labelled)
+    assert [name for name, _ in decode.GraphedSampler._phase_marks] == ["prefill"]  # no graphs on a CPU: no capture
