@@ -67,7 +67,7 @@ class Candidate:
 
 
 # `tangpoem demo` fine-tunes nano on a 2-core CPU in <= 5 minutes (LoRA steps cost ~1.4x at 10.5 M what
-# they cost at 7.2 M), which caps a shipped model near 13 M parameters; nano2-g (17.7 M, the package's
+# they cost at 7.2 M), which caps a shipped model near 13 M parameters; nano2-g (17.8 M, the package's
 # 40 MB of float16) is a probe of what more capacity would buy, not a model the demo could run. Each
 # run's files must come back from the GPU machine (<= 64 MiB in all).
 CANDIDATES = [
@@ -80,12 +80,12 @@ CANDIDATES = [
     Candidate("nano2-d", 256, 6, 8, 4, 768, 0.1, 0.2, 0.2, 3e-3, 0.2,
               "as nano2-a, and 1 poem in 5 a request to go on from its first couplet (another instruction than the homework's)"),
     Candidate("nano2-e", 320, 8, 8, 4, 960, 0.15, 0.2, 0.2, 2e-3, 0.35,
-              "nano2-d's data with 12.9 M parameters (8 layers of 320) and up to 20 epochs: capacity and time with the task mix",
+              "nano2-d's data with 12.8 M parameters (8 layers of 320) and up to 20 epochs: capacity and time with the task mix",
               max_epochs=20.0),
     Candidate("nano2-f", 256, 6, 8, 4, 768, 0.1, 0.2, 0.4, 3e-3, 0.2,
               "as nano2-d with 2 poems in 5 continuation requests: more of the task beside the homework's"),
     Candidate("nano2-g", 384, 8, 8, 4, 1152, 0.2, 0.2, 0.2, 1.5e-3, 0.45,
-              "a probe, too slow for the demo: 17.7 M parameters (the package's 40 MB), nano2-d's data, up to 20 epochs",
+              "a probe, too slow for the demo: 17.8 M parameters (the package's 40 MB), nano2-d's data, up to 20 epochs",
               max_epochs=20.0),
 ]
 
