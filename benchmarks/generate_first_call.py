@@ -5,8 +5,9 @@
 
 `generate(model, tokenizer, rows, cfg)` (the call inside `generate_test_results`) three times in one
 process, on the base model loaded by `load_for_generation` (no adapter: the same dense, graphed path as a
-merged one), each call's wall seconds split into the sampler's phases (prefill: the prompts' forward and
-first choice; capture: recording the token step; the replays and the rest). With --profile the calls run
+merged one), each call's wall seconds split into the sampler's phases: prefill (from the call's start to the
+end of the prompts' forward: encoding, the static cache, the forward), capture (the first choice, then recording
+the token step) and the replays and the rest. With --profile the calls run
 under torch.profiler (which slows them) and OUT/callN.txt holds its tables. Writes OUT/first_call[-profiled].json.
 """
 
@@ -52,7 +53,7 @@ def labelled_sampler() -> None:
             return call(self, *args, **kwargs)
 
     def labelled_choose(self, logits):
-        if not self._prefilled:  # the first choice ends the prefill; later ones run inside the graph
+        if not self._prefilled:  # the prompts' forward has run; later choices are inside the recorded step
             self._prefilled = True
             sync()
             self._phase_marks.append(("prefill", time.perf_counter()))
