@@ -22,12 +22,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from measure import environment
-
-
-def sync() -> None:
-    if torch.cuda.is_available():  # a CPU smoke run has nothing to wait for
-        torch.cuda.synchronize()
+from measure import environment, sync, timed, write_figures
 
 
 def measured_commit() -> str:
@@ -111,20 +106,15 @@ def main() -> None:
     from tangpoem.generate import load_for_generation
 
     args.out.mkdir(parents=True, exist_ok=True)
-    process_started = time.perf_counter()
     cfg = load_config(args.config, parse_set(args.overrides))
     rows = load_test_rows(cfg.data_dir)
-    loading = time.perf_counter()
-    model, tokenizer, _ = load_for_generation(cfg, adapter=None)
-    sync()
-    loaded = time.perf_counter()
+    (model, tokenizer, _), load_seconds = timed(lambda: load_for_generation(cfg, adapter=None))
     labelled_sampler()
     calls = [timed_call(model, tokenizer, rows, cfg, args.profile, args.out / f"call{n}.txt") for n in (1, 2, 3)]
     commit = args.commit or measured_commit()
     result = {**(environment(commit) if torch.cuda.is_available() else {"device": "cpu", "commit": commit}), "config": args.config,
-              "process_to_load_seconds": round(loading - process_started, 3), "load_seconds": round(loaded - loading, 3),
-              "calls": calls}
-    (args.out / ("first_call-profiled.json" if args.profile else "first_call.json")).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+              "load_seconds": round(load_seconds, 3), "calls": calls}
+    write_figures(args.out / ("first_call-profiled.json" if args.profile else "first_call.json"), result)
     print(json.dumps(result, indent=1))
 
 

@@ -68,9 +68,14 @@ def peak_memory() -> dict[str, float]:
     return {"peak_gb": torch.cuda.max_memory_allocated() / 1e9, "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9}
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """(result, seconds), the GPU's queued work included."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     started = time.perf_counter()
     result = fn()
