@@ -225,6 +225,18 @@ def test_a_full_disk_while_saving_names_itself_and_keeps_the_last_checkpoint(tra
                                        f"{out}; checkpoint-4 kept; free some space, then resume")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
     assert not list(out.glob(".checkpoint-*.tmp")) and not (out / LOCK_FILE).exists()
+    # the failed write's files are closed, not kept open (deleted but still taking the full disk's space)
+    assert not [path for path in _open_files() if path.startswith(str(disk))]
+
+
+def _open_files() -> list[str]:
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return paths
 
 
 def test_a_full_disk_while_writing_results_keeps_the_old_pair(trained, small_disk, capsys):

@@ -46,6 +46,66 @@ def test_step_callbacks_see_every_step_in_order_as_the_history_records_it(tiny_c
     assert 0 < result.timings["set_up_seconds"] < result.timings["first_step_seconds"] < result.seconds
 
 
+def _checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+    moments = {f"optimizer.{i}.{k}": v for i, s in state["optimizer"]["state"].items() for k, v in s.items()}
+    return {**load_file(checkpoint / ADAPTER_FILE), **moments, "step": torch.tensor(state["step"]),
+            "history": torch.tensor([h["loss"] for h in state["history"]])}
+
+
+def test_a_checkpoint_written_while_later_steps_run_holds_its_own_steps_weights(tiny_config, monkeypatch):
+    """Checkpoints go to disk in the background: checkpoint-4's write is held until step 7 has run, and it still
+    holds what a write at step 4 holds (adapter, optimizer moments, history), as a run that writes at once does."""
+    import threading
+
+    import tangpoem.callbacks
+    from tangpoem.checkpoints import CheckpointWriter, save_checkpoint
+
+    cfg = tiny_config(**SMALL)
+    at_once = tiny_config(**{**SMALL, "output_dir": str(Path(cfg.output_dir).parent / "at-once")})
+    with monkeypatch.context() as m:  # the plain path: each checkpoint written before the next step runs
+        m.setattr(CheckpointWriter, "submit", lambda self, write, *args: write(*args))
+        train(at_once)
+
+    step_7_ran = threading.Event()
+    held_steps = []
+
+    def held_save(model, state, output_dir, step, *rest):
+        if step == 4:
+            assert step_7_ran.wait(timeout=60)
+        held_steps.append(step)
+        return save_checkpoint(model, state, output_dir, step, *rest)
+
+    monkeypatch.setattr(tangpoem.callbacks, "save_checkpoint", held_save)
+    result = train(cfg, on_step_end=[lambda step, record: step == 7 and step_7_ran.set()])
+    assert held_steps == [4, 8, 10]
+    for name in ("checkpoint-4", "checkpoint-8", "checkpoint-10"):
+        ours, theirs = _checkpoint_tensors(Path(cfg.output_dir) / name), _checkpoint_tensors(Path(at_once.output_dir) / name)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert [p.name for p in result.checkpoints] == ["checkpoint-4", "checkpoint-8", "checkpoint-10"]
+
+
+def test_a_checkpoint_write_that_fails_stops_the_run_at_its_next_save(tiny_config, monkeypatch):
+    import tangpoem.callbacks
+    from tangpoem.checkpoints import save_checkpoint
+    from tangpoem.errors import RunError
+
+    def failing_save(model, state, output_dir, step, *rest):
+        if step == 4:
+            raise RunError("no space left on device while writing checkpoint-4")
+        return save_checkpoint(model, state, output_dir, step, *rest)
+
+    monkeypatch.setattr(tangpoem.callbacks, "save_checkpoint", failing_save)
+    steps = []
+    cfg = tiny_config(**SMALL)
+    with pytest.raises(RunError, match="checkpoint-4"):
+        train(cfg, on_step_end=[lambda step, record: steps.append(step)])
+    assert steps == list(range(1, 9))  # the failure is raised when step 8 saves
+    assert list_checkpoints(cfg.output_dir) == []
+    assert not (Path(cfg.output_dir) / ".tangpoem.lock").exists()
+
+
 def test_pick_checkpoint_by_index(tiny_config):
     cfg = tiny_config(**SMALL)
     train(cfg)
