@@ -232,11 +232,12 @@ class CheckpointWriter:
     raised at the next save or at the end; leaving the `with` waits for the write in flight."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tangpoem-checkpoint")
+        self._pool: ThreadPoolExecutor | None = None  # its thread starts at the first write, ends at the `with`'s end
         self._pending: Future | None = None
 
     def submit(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.wait()
+        self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="tangpoem-checkpoint")
         self._pending = self._pool.submit(write, *args, **kwargs)
 
     def wait(self) -> None:
@@ -261,7 +262,9 @@ class CheckpointWriter:
                 with contextlib.suppress(BaseException):
                     self.wait()
         finally:
-            self._pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def prune_checkpoints(output_dir: Path, keep: int, best_metric: str) -> None:

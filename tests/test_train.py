@@ -106,6 +106,26 @@ def test_a_checkpoint_write_that_fails_stops_the_run_at_its_next_save(tiny_confi
     assert not (Path(cfg.output_dir) / ".tangpoem.lock").exists()
 
 
+def test_the_checkpoint_writer_raises_a_failed_write_at_the_next_and_serves_a_second_with():
+    from tangpoem.checkpoints import CheckpointWriter
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    written, writer = [], CheckpointWriter()
+    with writer:
+        writer.submit(written.append, 1)
+    assert written == [1]
+    with writer:  # a notebook's training cell run again
+        writer.submit(fail)
+        with pytest.raises(OSError, match="disk full"):
+            writer.submit(written.append, 2)  # the failed write is raised before the next one starts
+        writer.submit(written.append, 3)
+    assert written == [1, 3]
+    with pytest.raises(OSError, match="disk full"), writer:
+        writer.submit(fail)  # raised when the `with` ends
+
+
 def test_pick_checkpoint_by_index(tiny_config):
     cfg = tiny_config(**SMALL)
     train(cfg)
