@@ -87,7 +87,10 @@ def load_base_model(cfg: Config, device: torch.device | None = None) -> torch.nn
 
         if device.type == "cpu":
             refuse_too_big_for_cpu(cfg)
-        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+        # use_kernels=False: transformers 5.2x otherwise swaps layers' forwards for kernels fetched from the Hub
+        # (the `kernels` package), again at every train()/eval(), which undoes tangpoem's fused forwards; the
+        # path tangpoem measures and tests is torch's and its own.
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code, "use_kernels": False}
         if cfg.load_in_4bit:
             kwargs["quantization_config"] = quantization_config(dtype)
             kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}

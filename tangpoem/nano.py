@@ -35,4 +35,4 @@ def load_model() -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     _require_weights()
-    return AutoModelForCausalLM.from_pretrained(NANO_DIR, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(NANO_DIR, dtype=torch.float32, use_kernels=False)  # as model.load_base_model

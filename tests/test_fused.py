@@ -152,6 +152,24 @@ def test_fused_modes_nest_and_keep_forwards_set_on_the_instance(tiny_lora):
     assert hooked.forward is hook and not any("forward" in m.__dict__ for m in norms[1:])
 
 
+def test_train_and_eval_keep_the_fused_forwards(tiny_config, course_dir, tmp_path):
+    """transformers 5.2x swaps the layers of a model loaded from a folder or the Hub for Hub kernels by default,
+    and again at every train() and eval(), which removed the fused forwards (a training run then failed as its
+    modes ended): tangpoem loads models with use_kernels=False."""
+    from tangpoem.builtin import load_builtin_model, load_builtin_tokenizer
+
+    tokenizer = load_builtin_tokenizer("tiny-mistral", str(course_dir))
+    load_builtin_model("tiny-mistral", tokenizer).save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    model, _ = load_model(tiny_config(model_name_or_path=str(tmp_path / "saved")))
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    with fused_rms_norm(model) as count:
+        model.eval()
+        model.train()
+        assert count == len(norms) and all("forward" in m.__dict__ for m in norms)
+    assert not any("forward" in m.__dict__ for m in norms)
+
+
 def test_fused_rms_norm_leaves_other_norms_alone():
     class GatedRMSNorm(torch.nn.Module):  # a weight and an epsilon, but another computation (and argument)
         def __init__(self) -> None:
