@@ -56,21 +56,24 @@ def test_the_file_map_names_every_file():
 
 
 def test_the_speed_figures_in_the_readme_are_the_committed_runs():
-    """The speed table's figures are the committed run's, rounded as shown."""
+    """The speed table's figures and ratios are the committed runs', rounded as shown."""
     import json
 
-    run = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200.json").read_text(encoding="utf-8"))
-    figures = run["figures"]
+    run = json.loads((REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json").read_text(encoding="utf-8"))
+    figures, ratios = run["figures"], run["ratios"]
     speed = README.split("## GPU speed\n")[1].split("\n## ")[0]
-    assert f"run 11 at {run['commit']}" in speed
+    assert f"run 14 at {run['commit']}" in speed and run["one_machine"]
     for value in (figures["train_cli"]["loop_seconds"], figures["train_homework"]["seconds"], figures["train_trl"]["seconds"],
                   figures["train_unsloth_fp16"]["seconds"], figures["t4_profile"]["loop_seconds"]):
         assert f"{value:.1f} s" in speed or f"{value:.2f} s" in speed, value
-    # run 12: generation on the users' path, and two GPUs
-    users = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200-users-path.json").read_text(encoding="utf-8"))
-    ddp = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200-x2-ddp.json").read_text(encoding="utf-8"))
-    assert users["environment"]["commit"] == ddp["commit"] and f"run 12 at {ddp['commit']}" in speed
-    first, second = (call["generate_seconds"] for call in users["figures"]["generate"]["calls"])
+    for key in ("train_vs_homework", "train_vs_trl", "train_vs_unsloth_fp16", "t4_vs_homework", "t4_vs_unsloth_fp16",
+                "generate_vs_homework_first_call"):
+        assert f"{ratios[key]:.1f}×" in speed or f"{ratios[key]:.0f}×" in speed, key
+    first, second = (call["generate_seconds"] for call in figures["generate"]["calls"])
     assert f"{first:.2f} s first call, {second:.2f} s second" in speed
+    assert f"{figures['generate_homework']['seconds_15']:.0f} s (from 3 prompts" in speed
+    # run 12: two GPUs
+    ddp = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200-x2-ddp.json").read_text(encoding="utf-8"))
+    assert f"run 12 at {ddp['commit']}" in speed
     assert (f"{ddp['ddp_2_gpus']['train_seconds']:.1f} s, {ddp['speedup_train_seconds']:.2f}× one GPU's "
             f"{ddp['one_gpu']['train_seconds']:.1f} s") in speed
