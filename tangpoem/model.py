@@ -124,15 +124,20 @@ def refuse_too_big_for_cpu(cfg: Config, available_bytes: int | None = None) -> N
 
 # ----------------------------------------------------------------------------- training preparation and LoRA
 
-def _checkpointing_on(model: torch.nn.Module) -> None:
+def _checkpointing_on(model: torch.nn.Module, layers: int | None) -> None:
     # non-reentrant: works with frozen inputs and under DDP. transformers 5.2x renamed gradient checkpointing to
     # activation checkpointing (the old name warns until v6); 5.17 has only the old name.
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()  # so checkpointed blocks see an input that needs grad
+    if layers is not None:  # checkpointed_layers: the last layers keep their activations (the backward frees them first)
+        for layer in [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][layers:]:
+            layer.gradient_checkpointing = False
 
 
 def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
@@ -149,7 +154,7 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
         for param in model.parameters():
             param.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        _checkpointing_on(model)  # what peft would do with use_reentrant=False, by the current API name
+        _checkpointing_on(model, cfg.checkpointed_layers)  # what peft would do with use_reentrant=False, by the current API name
     return model
 
 

@@ -386,6 +386,31 @@ def test_fused_modes_give_the_same_training(tiny_config, checkpointing):
     _assert_same_training(tiny_config, common, {"fused_rms_norm": True, "fused_lora": True})
 
 
+@pytest.mark.parametrize("checkpointed, recomputed", [(None, 2), (1, 1), (0, 0)])
+def test_checkpointed_layers_recompute_only_the_first_layers(tiny_config, monkeypatch, checkpointed, recomputed):
+    """checkpointed_layers=N: the first N decoder layers recompute in the backward, the others keep their
+    activations. Counted: each micro-batch of one step runs the tiny model's 2 MLPs once forward, again in each
+    recomputed layer."""
+    from transformers.models.mistral.modeling_mistral import MistralMLP
+
+    calls = []
+    forward = MistralMLP.forward
+    monkeypatch.setattr(MistralMLP, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    cfg = tiny_config(**{**SMALL, "max_steps": 1, "micro_batch_size": 4, "gradient_checkpointing": True,
+                         "checkpointed_layers": checkpointed})
+    train(cfg)
+    assert cfg.gradient_accumulation_steps == 2 and len(calls) == 2 * (2 + recomputed)
+
+
+def test_partly_checkpointed_training_is_the_plain_training(tiny_config):
+    """Recomputing some layers and keeping the others' activations learns what keeping them all learns (LoRA
+    dropout on: the recompute draws the same masks)."""
+    common = {**SMALL, "max_steps": 3}  # tiny-cpu keeps every activation
+    _assert_same_training(tiny_config, common, {"gradient_checkpointing": True, "checkpointed_layers": 1})
+    with pytest.raises(InputError, match="checkpointed_layers.*needs gradient_checkpointing=true"):
+        tiny_config(gradient_checkpointing=False, checkpointed_layers=1)
+
+
 def test_varlen_training_plumbing_on_cpu(tiny_config, monkeypatch):
     """The loop passes each packed micro-batch's row bounds to the varlen attention (here a reference
     kernel, the real one needs a GPU) and trains what sdpa's block mask trains; afterwards the model
