@@ -102,7 +102,7 @@ class Config:
     fused_rms_norm: bool = knob(False, "each RMSNorm forward as one kernel (torch.nn.functional.rms_norm)", "levers")
     fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm); dense base layers only", "levers")
     static_cache: bool = knob(False, "generation: a static KV cache; on a GPU each new token's step (forward, rules, choice) replayed as one CUDA graph", "levers")
-    checkpointed_layers: int | None = knob(None, "with gradient_checkpointing: only the first N decoder layers recompute, the others keep their activations (faster, more memory); None: all", "levers")
+    checkpointed_layers: int | None = knob(None, "with gradient_checkpointing on: only the first N decoder layers recompute, the others keep their activations (faster, more memory); None: all", "levers")
     dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter) with the adapter merged into them, as export --merged: faster, the same tokens up to rounding", "levers")
 
     def __post_init__(self) -> None:
@@ -222,8 +222,8 @@ def validate_levers(cfg: Config) -> None:
     for lever, other, wanted, why in needs:
         if getattr(cfg, lever) and getattr(cfg, other) != wanted:
             raise _refuse(cfg, lever, f"needs {other}={str(wanted).lower()} ({why})")
-    if cfg.checkpointed_layers is not None and (cfg.checkpointed_layers < 0 or not cfg.gradient_checkpointing):
-        raise _refuse(cfg, "checkpointed_layers", "needs gradient_checkpointing=true and a count >= 0 (None: every layer)")
+    if cfg.checkpointed_layers is not None and cfg.checkpointed_layers < 0:
+        raise _refuse(cfg, "checkpointed_layers", "must be >= 0 (a count of decoder layers; None: every layer)")
     if cfg.fused_lora and cfg.load_in_4bit and not cfg.dequantize_base:
         raise _refuse(cfg, "fused_lora", "needs dequantize_base=true or load_in_4bit=false (peft's 4-bit LoRA layers keep their own forward)")
 
