@@ -56,6 +56,7 @@ SUM_IN, SUM_OUT = sum(MODULE_IN.values()) / D, sum(MODULE_OUT.values()) / D  # 9
 NF4_DEQUANT_BYTES = 0.5 + 2 + 0.07  # per parameter and use: read 4 bits (+ double-quantized scales), write 16 bits
 STEPS = 65
 COLAB_CPU_SLOWER = 1.5  # a Colab T4 runtime's 2 vCPUs (2.0-2.3 GHz Xeon) against the H200 host's, per unit of work
+CHECKPOINTED_LAYERS = 20  # configs/breeze-colab-t4.yaml's checkpointed_layers (tests/test_benchmarks.py checks they agree)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Recipe:
     attended: float  # keys each query's attention kernel computes, on average
     logit_tokens: float  # tokens whose logits the lm_head computes
     micro_steps: int  # forward+backward passes a step
-    recompute: bool  # gradient checkpointing: the forward runs again in the backward
+    recompute: float  # gradient checkpointing: the share of decoder layers whose forward runs again in the backward
     weight_bytes: float  # bytes per base parameter per use outside the product (NF4 dequantization, casts)
     layer_kernels: int  # kernels of one decoder layer's forward
     layer_bytes: float  # element-wise bytes per token of one decoder layer's forward, in units of d
@@ -88,7 +89,7 @@ class Recipe:
     graphed: bool = False  # replayed as CUDA graphs: no CPU launch cost
 
     @property
-    def passes(self) -> int:  # forward, backward (counted as 2 forwards of element-wise work and launches), recompute
+    def passes(self) -> float:  # forward, backward (counted as 2 forwards of element-wise work and launches), recompute
         return 3 + self.recompute
 
     def flops(self) -> float:
@@ -152,7 +153,7 @@ def recipes(lengths: list[int], learned: int, weight_cast: bool = True) -> dict[
     # --- tangpoem's breeze-colab-t4: 16 rows packed in one micro-step (sdpa with a block mask: every key computed),
     # fp16 norms as one kernel each, fp16 residuals, LoRA's input casts off under autocast, logits only where learned
     t4_layout = Recipe(
-        "tangpoem breeze-colab-t4", tokens=per_step, attended=per_step, logit_tokens=learned / STEPS, micro_steps=1,
+        "tangpoem breeze-colab-t4, every layer recomputed", tokens=per_step, attended=per_step, logit_tokens=learned / STEPS, micro_steps=1,
         recompute=True, weight_bytes=NF4_DEQUANT_BYTES, head_weight_bytes=0,
         layer_kernels=modules * lora_module_kernels(3 + 2) + 2 + rope + attention + swiglu + residuals,
         layer_bytes=(5 * SUM_IN + 10 * SUM_OUT) + 2 * 4 + rope_b + attention_b + 10 * F_MLP / D + 2 * 6,
@@ -181,7 +182,11 @@ def recipes(lengths: list[int], learned: int, weight_cast: bool = True) -> dict[
         layer_kernels=modules * 6 + 2 + rope + 3 + swiglu + residuals,  # a module: product, dropout, A, B's cast, addmm_
         layer_bytes=5 * SUM_IN + 2 * 4 + rope_b + attention_b + 10 * F_MLP / D + 2 * 6,
         loss_bytes=30, step_kernels=40, graphed=True)
-    return {"homework": homework, "breeze-colab-t4": t4_layout, "unsloth": unsloth, "trl": trl, "breeze-h100": h100}
+    # --- the shipped breeze-colab-t4: the first `checkpointed_layers` layers recompute, the others keep their activations
+    shipped = dataclasses.replace(t4_layout, name=f"tangpoem breeze-colab-t4, {CHECKPOINTED_LAYERS} of {LAYERS} layers recomputed",
+                                  recompute=CHECKPOINTED_LAYERS / LAYERS)
+    return {"homework": homework, "breeze-colab-t4": t4_layout, "breeze-colab-t4-shipped": shipped, "unsloth": unsloth,
+            "trl": trl, "breeze-h100": h100}
 
 
 def trl_padded_tokens(lengths: list[int], trials: int = 20) -> float:
@@ -296,7 +301,7 @@ def evaluate(rs: dict[str, Recipe], p: Params) -> dict[str, Any]:
             rows[key][gpu.name] = entry
         if key in T4_NOTES:
             rows[key]["Tesla T4"]["note"] = T4_NOTES[key]
-    t4 = {k: rows[k]["Tesla T4"]["epoch_minutes"] for k in ("homework", "unsloth", "breeze-colab-t4")}
+    t4 = {k: rows[k]["Tesla T4"]["epoch_minutes"] for k in ("homework", "unsloth", "breeze-colab-t4", "breeze-colab-t4-shipped")}
     return {"parameters": dataclasses.asdict(p), "recipes": rows, "t4_epoch_minutes": t4,
             "t4_speedup_over_homework": {k: t4["homework"] / v for k, v in t4.items()},
             "h200_epoch_seconds": {k: rows[k]["H200"]["step_s"] * STEPS for k in rows},

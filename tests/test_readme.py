@@ -72,6 +72,12 @@ def test_the_speed_figures_in_the_readme_are_the_committed_runs():
     first, second = (call["generate_seconds"] for call in figures["generate"]["calls"])
     assert f"{first:.2f} s first call, {second:.2f} s second" in speed
     assert f"{figures['generate_homework']['seconds_15']:.0f} s (from 3 prompts" in speed
+    # the shipped breeze-colab-t4's checkpointed_layers, from its own sweep
+    sweep = json.loads((REPO / "benchmarks" / "results" / "nvidia-h100-t4-checkpointing.json").read_text(encoding="utf-8"))
+    from tangpoem.config import load_config
+
+    shipped = sweep["figures"][f"checkpointed_layers={load_config('breeze-colab-t4').checkpointed_layers}"]
+    assert f"{shipped['loop_seconds']:.1f} s, {shipped['peak_gb']:.1f} GB)" in speed
     # run 12: two GPUs
     ddp = json.loads((REPO / "benchmarks" / "results" / "nvidia-h200-x2-ddp.json").read_text(encoding="utf-8"))
     assert f"run 12 at {ddp['commit']}" in speed
