@@ -101,8 +101,8 @@ class Config:
     compile: bool = knob(False, "torch.compile each decoder layer: fused kernels; the first steps pay for compiling", "levers")
     fused_rms_norm: bool = knob(False, "each RMSNorm forward as one kernel (torch.nn.functional.rms_norm)", "levers")
     fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm); dense base layers only", "levers")
-    static_cache: bool = knob(False, "generation: a static KV cache; on a GPU each new token's step (forward, rules, choice) replayed as one CUDA graph", "levers")
     checkpointed_layers: int | None = knob(None, "with gradient_checkpointing on: only the first N decoder layers recompute, the others keep their activations (faster, more memory); None: all", "levers")
+    static_cache: bool = knob(False, "generation: a static KV cache; on a GPU each new token's step (forward, rules, choice) replayed as one CUDA graph", "levers")
     dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter) with the adapter merged into them, as export --merged: faster, the same tokens up to rounding", "levers")
 
     def __post_init__(self) -> None:

@@ -188,6 +188,9 @@ def out_of_memory_message(run: Run, step: int, error: BaseException) -> str:
     size = "one row a micro-batch" if run.micro_batch_size == 1 else f"micro-batches of {run.micro_batch_size} rows (DDP: no retry)"
     kept = run.kept_checkpoints()
     fixes = [setting("gradient_checkpointing", True)] if not run.cfg.gradient_checkpointing else []
+    layers = getattr(getattr(run.model, "config", None), "num_hidden_layers", None)
+    if run.cfg.gradient_checkpointing and run.cfg.checkpointed_layers is not None and layers:
+        fixes.append(setting("checkpointed_layers", layers))  # every layer recomputes
     fixes.append(setting("cutoff_len", max(32, run.cfg.cutoff_len // 2)))
     if run.micro_batch_size > 1:
         fixes.append(setting("micro_batch_size", run.micro_batch_size // 2))

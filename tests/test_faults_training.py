@@ -386,3 +386,16 @@ def test_out_of_memory_at_one_row_stops_with_one_line(tmp_path, capsys, monkeypa
         "error: out of CUDA memory at step 3 with one row a micro-batch (no CUDA memory figures); checkpoint-2 kept; "
         "try `--set gradient_checkpointing=true` or `--set cutoff_len=128`, or a GPU with more memory")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"] and not (out / LOCK_FILE).exists()
+
+
+def test_out_of_memory_with_layers_kept_names_recomputing_every_layer(tmp_path, capsys, monkeypatch):
+    import torch
+
+    def fault(rows, call, loss):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    _inject(monkeypatch, fault)
+    assert _train(tmp_path / "run", "--set", "gradient_checkpointing=true", "--set", "checkpointed_layers=1", steps=2) == 1
+    assert _one_error_line(capsys) == (
+        "error: out of CUDA memory at step 1 with one row a micro-batch (no CUDA memory figures); no checkpoint kept; "
+        "try `--set checkpointed_layers=2` or `--set cutoff_len=128`, or a GPU with more memory")
