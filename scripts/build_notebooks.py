@@ -442,7 +442,7 @@ labels from `input_ids` anyway, so the loss also learned the prompt). The next c
 NB05_KNOBS = ["model_name_or_path", "load_in_4bit", "data_dir", "num_train_data", "cutoff_len", "lora_r",
               "lora_alpha", "lora_dropout", "lora_target_modules", "seed", "num_epochs", "max_steps",
               "learning_rate", "micro_batch_size", "batch_size", "warmup_steps", "logging_steps", "save_steps",
-              "save_total_limit", "gradient_checkpointing", "val_size", "best_metric", "report_to"]
+              "save_total_limit", "gradient_checkpointing", "checkpointed_layers", "val_size", "best_metric", "report_to"]
 NB05 = header("05_finetune", "05 · 微調 Fine-tuning", """用 LoRA 微調：凍結（4-bit 的）原模型，只訓練插在旁邊的小矩陣。
 先看超參數，再一步一步準備（資料、模型、LoRA、optimizer），讀訓練迴圈，訓練，最後畫 loss 曲線。
 
@@ -458,7 +458,7 @@ loss curve.""") + [
 - `num_epochs` / `max_steps`：跑幾輪，或最多幾步（`max_steps` 用於快速測試）。
 - `lora_r` 8、`lora_alpha` 16、`lora_dropout` 0.05、`lora_target_modules`：LoRA 矩陣的秩、縮放（alpha/r）、dropout，插在哪些線性層。
 - `save_steps` / `save_total_limit`：每幾步存一個 checkpoint、最多留幾個；`logging_steps`：每幾步記一次 loss。
-- `gradient_checkpointing`：省記憶體（T4 需要），慢約 30%。
+- `gradient_checkpointing`：省記憶體（T4 需要），慢約 30%。`checkpointed_layers`：只有前 N 層重算，後面的層留著 activation，比較快但比較佔記憶體（`breeze-colab-t4` 設 20，共 32 層；記憶體不夠就設 32，每層都重算）。
 - 作業的 `VAL_SET_SIZE = 0`：不切驗證集，每一筆都拿來訓練；tangpoem 的 `val_size` 預設也是 0。設成例如 64，就在第 1040 筆之後留 64 筆課程資料，每次存檔都驗證（loss 與詩的分數），`checkpoint_index = "best"` 依 `best_metric` 挑最好的 checkpoint；`report_to` 送到 TensorBoard 或 trackio（提早停止的 `early_stopping_patience` 寫在設定檔裡）。
 
 **要多久？** 作業說在 Colab 的 T4 上：1040 筆約 25 分鐘（整本約 50 分鐘），5000 筆約 100 分鐘（整本約 120 分鐘）。
@@ -466,6 +466,8 @@ tangpoem 的 `breeze-colab-t4` 跑一樣的步數（1040 筆 = 65 步），但**
 
 The homework's knobs with its values. Each step sees `batch_size` rows, `micro_batch_size` at a time, so
 gradients accumulate `batch_size / micro_batch_size` times (derived in the next cell, never a parameter).
+With `gradient_checkpointing`, only the first `checkpointed_layers` layers recompute in the backward; the others
+keep their activations: faster, more memory (`breeze-colab-t4`: 20 of 32; set 32 if a T4 runs out of memory).
 The homework's `VAL_SET_SIZE = 0` keeps no validation rows: every row trains; tangpoem's `val_size` is 0 by
 default too. Set it (e.g. 64) to score every save on course rows after the training ones (loss and the poems'
 grades); `checkpoint_index = "best"` then picks by `best_metric`, and `report_to` sends it all to TensorBoard or
