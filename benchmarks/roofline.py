@@ -312,7 +312,8 @@ def evaluate(rs: dict[str, Recipe], p: Params) -> dict[str, Any]:
 # a stage of benchmarks/gpu_speed.py's results file -> the recipe it runs, and its seconds a step
 RUN_STAGES = {"train_homework": ("homework", "seconds"), "train_trl": ("trl", "seconds"),
               "train_unsloth_fp16": ("unsloth", "seconds"), "train_unsloth_bf16": ("unsloth-bf16", "seconds"),
-              "t4_profile": ("breeze-colab-t4", "loop_seconds"), "train_cli": ("breeze-h100", "loop_seconds")}
+              "t4_profile": ("breeze-colab-t4", "loop_seconds"), "t4_colab": ("breeze-colab-t4-shipped", "loop_seconds"),
+              "train_cli": ("breeze-h100", "loop_seconds")}
 
 
 def run_errors(model: dict[str, Any], results_file: Path) -> dict[str, Any]:

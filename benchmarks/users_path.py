@@ -8,10 +8,7 @@
               8.0+), writing the process's peak GPU memory at exit
 
     python benchmarks/users_path.py generate --json FILE --config NAME [--set KEY=VALUE ...]
-    python benchmarks/users_path.py cli --peak-json FILE [--memory-gb 15] [--t4-kernels] [--saves-in-line] -- train ...
-
---saves-in-line turns one lever off for a same-run comparison: each checkpoint is written before the next step
-runs, as before checkpoints went to disk in the background (tangpoem.checkpoints.CheckpointWriter).
+    python benchmarks/users_path.py cli --peak-json FILE [--memory-gb 15] [--t4-kernels] -- train --config ... --set ...
 
 Training through the command itself (`python -m tangpoem.cli train ...`) needs no wrapper: gpu_speed.py times that
 process from start to exit and reads output_dir/train_summary.json.
@@ -69,11 +66,6 @@ def capped_cli(args: argparse.Namespace) -> int:
             setting["sdpa_backends"] = t4_attention_kernels()
     else:
         setting["no_cuda"] = "no cap and no kernel choice: this machine has no CUDA GPU"
-    if args.saves_in_line:
-        from tangpoem.checkpoints import CheckpointWriter
-
-        CheckpointWriter.submit = lambda self, write, *a, **k: write(*a, **k)  # type: ignore[method-assign]
-        setting["saves"] = "in line: each checkpoint written before the next step runs"
     started = time.perf_counter()
     # written however the command ends (an error's exit status is in the orchestrator's figures)
     atexit.register(lambda: write_figures(args.peak_json, {**setting, **peak_memory(), "cli_seconds": time.perf_counter() - started}))
@@ -91,7 +83,6 @@ def main() -> None:
     cli.add_argument("--peak-json", required=True)
     cli.add_argument("--memory-gb", type=float, default=0.0, help="cap the caching allocator at this many GB (0: no cap)")
     cli.add_argument("--t4-kernels", action="store_true")
-    cli.add_argument("--saves-in-line", action="store_true", help="checkpoints written before the next step (the lever off)")
     cli.add_argument("cli_args", nargs=argparse.REMAINDER, help="after --: the tangpoem command's arguments")
     args = parser.parse_args()
     if args.what == "generate":

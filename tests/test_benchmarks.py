@@ -78,7 +78,7 @@ def test_merge_writes_one_results_file_with_ratios_and_targets(tmp_path):
         "train_trl": {"seconds": 150.0, "process_seconds": 170.0}})
     part2 = _part("2", "GPU-1", {
         "t4_profile": {"loop_seconds": 40.0, "peak_gb": 6.0},
-        "t4_profile_saves_in_line": {"loop_seconds": 42.0},
+        "t4_colab": {"loop_seconds": 32.5, "peak_gb": 11.5},
         "train_unsloth_fp16": {"seconds": 129.0, "peak_gb": 5.36},
         "train_unsloth_bf16": {"seconds": 110.0},
         "generate_homework": {"seconds_15": 150.0}}, errors={"train_trl": "an earlier failure"})
@@ -98,7 +98,8 @@ def test_merge_writes_one_results_file_with_ratios_and_targets(tmp_path):
     assert r["train_process_vs_homework"] == pytest.approx(7.5)
     assert r["train_process_vs_unsloth_fp16"] is None  # not measured: no figure, no ratio
     assert r["t4_vs_homework"] == pytest.approx(3.25)
-    assert r["t4_saves_in_line_over_background"] == pytest.approx(1.05)
+    assert r["t4_colab_vs_homework"] == pytest.approx(4.0)
+    assert merged["targets"]["breeze-colab-t4's peak (GB)"]["value"] == pytest.approx(11.5)
     assert r["generate_vs_homework_first_call"] == pytest.approx(100.0)
     targets = merged["targets"]
     assert targets["training loop, 65 steps (s)"]["met"] is True
@@ -132,17 +133,19 @@ def test_slimming_a_wheel_drops_the_files_and_their_record_lines(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_run_records_the_peers_it_cannot_run(tmp_path, course_dir):
     """On this CPU machine: the checkpoint is built, each absent peer becomes an "errors" entry with its reason,
-    and the T4 stage with its saves in line trains through the CLI."""
+    and the T4 stages (every layer recomputed, then the shipped config) train through the CLI."""
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(BENCH / "gpu_speed.py"), "run", "--part", "all", "--tiny", "--stages",
-                    "build,train_unsloth_fp16,t4_profile_saves_in_line", "--data-dir", str(course_dir), "--out", str(out),
+                    "build,train_unsloth_fp16,t4_profile,t4_colab", "--data-dir", str(course_dir), "--out", str(out),
                     "--work", str(tmp_path / "w")], check=True, cwd=BENCH.parent)
     part = json.loads((out / "partall.json").read_text())
     assert part["figures"]["build"]["shape"] == "tiny (CPU smoke)"
     assert "unsloth" in part["errors"]["train_unsloth_fp16"].lower()
-    assert set(part["figures"]) | set(part["errors"]) == {"build", "train_unsloth_fp16", "t4_profile_saves_in_line"}
-    in_line = part["figures"]["t4_profile_saves_in_line"]
-    assert in_line["steps"] == 2 and in_line["saves"].startswith("in line") and in_line["checkpoint_seconds"] > 0
+    assert set(part["figures"]) | set(part["errors"]) == {"build", "train_unsloth_fp16", "t4_profile", "t4_colab"}
+    for stage in ("t4_profile", "t4_colab"):  # every layer recomputed, then the shipped config
+        assert part["figures"][stage]["steps"] == 2 and part["figures"][stage]["checkpoint_seconds"] > 0
+    assert "checkpointed_layers=null" in part["figures"]["t4_profile"]["command"]
+    assert not any("checkpointed_layers" in a for a in part["figures"]["t4_colab"]["command"])
 
 
 def test_the_roofline_model_meets_its_calibration_and_reports_held_out_errors(course_dir):
