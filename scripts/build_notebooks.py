@@ -74,9 +74,12 @@ def parameters(keys: list[str], extra: str = "") -> str:
 
 
 def config_cell(knobs: list[str], for_machine: bool = False) -> str:
-    """The cell after the parameters: knob=knob pairs, four to a line."""
-    pairs = [f"{k}={k}" for k in ["output_dir", *knobs]]
-    lines = ["    " + ", ".join(pairs[i : i + 4]) + "," for i in range(0, len(pairs), 4)]
+    """The cell after the parameters: knob=knob pairs, as many to a line as fit in 120 characters."""
+    lines = [""]
+    for pair in (f"{k}={k}," for k in ["output_dir", *knobs]):
+        if lines[-1] and len(lines[-1]) + 1 + len(pair) > 120:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {pair}" if lines[-1] else f"    {pair}"
     machine = ", for_this_machine=True" if for_machine else ""
     build = ("lessons.config_from_parameters(config_file, dict(\n" + "\n".join(lines)
              + f"\n), mount_drive{machine}, hub_cache_on_drive=hub_cache_on_drive)")
@@ -480,7 +483,8 @@ resume = "auto"  # "auto": continue from the latest checkpoint in output_dir if 
     INSTALL_MD,
     ("code", INSTALL),
     CONFIG_MD,
-    ("code", config_cell(NB05_KNOBS, for_machine=True) + "\nprint(f\"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}\")"),
+    ("code", config_cell(NB05_KNOBS, for_machine=True).replace(
+        "print(describe(cfg))", 'print(describe(cfg), f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}", sep="\\n")')),
     LOGIN_MD,
     LOGIN,
     ("md", """## 準備 Set-up
