@@ -4,7 +4,7 @@
 
 Each value trains the T4 profile as gpu_speed.py's t4_profile stage does (the CLI, fp16 forced, the caching allocator
 capped at 15 GB, no FlashAttention or cuDNN attention) with `--set checkpointed_layers=N` ("none": every layer
-recomputes, the shipped config before this knob). OUT/t4-checkpointing.json holds each value's loop seconds and
+recomputes, as the T4 configs did before this knob). OUT/t4-checkpointing.json holds each value's loop seconds and
 peak memory, with the environment and commit; OUT/t4-checkpointing.log the processes' output.
 """
 
@@ -39,7 +39,7 @@ def main() -> None:
     for value in args.layers.split(","):
         key = f"checkpointed_layers={value}"
         output = f"cli-t4-layers-{value}"
-        extra = {} if value == "none" else {"checkpointed_layers": int(value)}
+        extra = {"checkpointed_layers": "null" if value == "none" else int(value)}  # "none" overrides the config's value too
         stages.append(gpu_speed.Stage(key, 0, lambda r, output=output, extra=extra: gpu_speed.python(
             "users_path.py", "cli", "--peak-json", str(r.figures_file(output)), "--memory-gb", str(gpu_speed.T4_MEMORY_GB),
             "--t4-kernels", "--", "train", "--config", "breeze-colab-t4",

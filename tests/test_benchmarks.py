@@ -197,3 +197,18 @@ def test_the_first_call_benchmarks_phase_labels_leave_the_samplers_tokens_alone(
         labelled = decode.GraphedSampler(model, [], 12, 0, False, 2, 0, graphs=False)(ids, torch.ones_like(ids))
     assert torch.equal(plain, labelled)
     assert [name for name, _ in decode.GraphedSampler._phase_marks] == ["prefill"]  # no graphs on a CPU: no capture
+
+
+@pytest.mark.slow
+def test_the_checkpointing_sweep_runs_each_value_and_none_means_every_layer(tmp_path, course_dir):
+    """benchmarks/t4_checkpointing.py on the CPU (--tiny): one process per value, "none" overriding the shipped
+    config's checkpointed_layers, every value's figures in one results file."""
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(BENCH / "t4_checkpointing.py"), "--tiny", "--layers", "none,1", "--data-dir",
+                    str(course_dir), "--out", str(out), "--work", str(tmp_path / "w")], check=True, cwd=BENCH.parent,
+                   capture_output=True)
+    results = json.loads((out / "t4-checkpointing.json").read_text())
+    assert results["errors"] == {} and results["environment"]["commit"] == "unknown"
+    every, one = results["figures"]["checkpointed_layers=none"], results["figures"]["checkpointed_layers=1"]
+    assert "checkpointed_layers=null" in every["command"] and "checkpointed_layers=1" in one["command"]
+    assert every["steps"] == one["steps"] == 2
