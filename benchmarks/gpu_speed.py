@@ -19,10 +19,10 @@ ratios and the issue's targets. Every stage is a process of its own (its own mod
             t4_profile        the CLI with `--config breeze-colab-t4` and every layer recomputed (the lean T4
                               profile: issue 18's peak <= 6.5 GB), fp16 forced as a T4 gets it, the caching
                               allocator capped at 15 GB, no FlashAttention/cuDNN attention; its own peak memory
-            train_unsloth_fp16, train_unsloth_bf16   (d) Unsloth, 65 steps each, each on its own NF4 base
-            generate_homework the notebook's generation, one prompt at a time (scaled from --homework-prompts)
             t4_colab          the same with breeze-colab-t4 as shipped (checkpointed_layers: fewer layers
                               recompute, more memory: issue 18's peak <= 14 GB)
+            train_unsloth_fp16, train_unsloth_bf16   (d) Unsloth, 65 steps each, each on its own NF4 base
+            generate_homework the notebook's generation, one prompt at a time (scaled from --homework-prompts)
 
 A stage that fails is recorded under "errors" (exit status and its last output line) and the others run; one that
 the command's --budget cannot fit any more is recorded under "skipped"; the part file is rewritten after every stage,
