@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from tangpoem.checkpoints import HISTORY_FILE, adapter_on_host, on_host, save_checkpoint, touch_lock
+from tangpoem.checkpoints import HISTORY_FILE, list_checkpoints, save_checkpoint, touch_lock
 from tangpoem.console import interactive
 from tangpoem.errors import RunError, setting
 from tangpoem.evaluate import EVAL_HISTORY_FILE, describe_figures, evaluations_without_improvement
@@ -172,7 +172,7 @@ class Guard(Callback):
 
 
 def diverged_message(run: Run, step: int, bad: int, finite: bool) -> str:
-    kept = run.kept_checkpoints()
+    kept = [p.name for p in list_checkpoints(run.output_dir)]
     cause = ("the loss scaler skipped the update" if finite else "the loss was inf/nan")
     fp16 = run.scaler.is_enabled()
     fixes = [setting("kbit_fp32_upcast", True) + " (fp32 norms)"] if fp16 and not run.cfg.kbit_fp32_upcast else []
@@ -225,8 +225,7 @@ class EarlyStopping(Callback):
 
 class Saver(Callback):
     """A checkpoint every `save_steps` steps and at the end: the adapter, what a resumed run needs, and the
-    step's validation figures. They are copied to the CPU here; run.writer writes them to disk while the next
-    steps run, and the run's end waits for the last one."""
+    step's validation figures."""
 
     def wants(self, run: Run, step: int) -> bool:
         return _saves(run, step)
@@ -241,16 +240,11 @@ class Saver(Callback):
             saving = time.perf_counter()
             evaluated = run.eval_history and run.eval_history[-1]["step"] == step
             evaluation = {**run.eval_history[-1], "samples": run.eval_samples} if evaluated else None
-            run.writer.submit(save_checkpoint, run.model, on_host(training_state(run, step)), run.output_dir, step,
-                              run.cfg.save_total_limit, on_host(evaluation), run.cfg.best_metric, adapter_on_host(run.model))
-            run.timings["checkpoint_seconds"] += time.perf_counter() - saving  # the copy, and any wait for the last write
+            save_checkpoint(run.model, training_state(run, step), run.output_dir, step, run.cfg.save_total_limit,
+                            evaluation, run.cfg.best_metric)
+            run.timings["checkpoint_seconds"] += time.perf_counter() - saving
         if run.ranks.world_size > 1:
             torch.distributed.barrier()
-
-    def on_train_end(self, run: Run) -> None:
-        waiting = time.perf_counter()
-        run.writer.wait()  # the last checkpoint on disk (or its error raised) before train returns
-        run.timings["checkpoint_seconds"] += time.perf_counter() - waiting
 
 
 def training_state(run: Run, step: int) -> dict[str, Any]:

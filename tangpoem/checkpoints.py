@@ -6,8 +6,7 @@ adapter_model.safetensors and adapter_config.json), the training state a resumed
 (`val_size`) eval.json (that step's validation figures and a few of its poems), and, written last,
 manifest.json (each file's size). It is filled in a temp folder and renamed into place, so a run killed at
 any moment leaves complete checkpoints only; one damaged afterwards (a truncated copy, a full disk) is
-skipped with one line, and the newest good one is used instead. A training run copies what a checkpoint holds
-to the CPU, then writes it in the background (`CheckpointWriter`) while the next steps run.
+skipped with one line, and the newest good one is used instead.
 
 `checkpoint_index` picks one by position (-1: the last) or, with "best", by `best_metric` over the eval.json
 files; pruning (`save_total_limit`) never removes the best.
@@ -27,9 +26,8 @@ import socket
 import sys
 import time
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -181,16 +179,14 @@ def is_disk_full(exc: BaseException, where: Path) -> bool:
 
 
 def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: Path, step: int, keep: int,
-                    evaluation: dict[str, Any] | None = None, best_metric: str = "val_loss",
-                    adapter: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the adapter (the model's live weights, or `adapter`: a copy from `adapter_on_host`), the training
-    state, the step's validation figures (if any) and (last) the manifest into a temp folder, rename it into
-    place, then prune the oldest beyond `keep`, never the best by `best_metric`. A full disk leaves the earlier
-    checkpoints as they were."""
+                    evaluation: dict[str, Any] | None = None, best_metric: str = "val_loss") -> Path:
+    """Write the adapter, the training state, the step's validation figures (if any) and (last) the manifest
+    into a temp folder, rename it into place, then prune the oldest beyond `keep`, never the best by
+    `best_metric`. A full disk leaves the earlier checkpoints as they were."""
     final = output_dir / f"checkpoint-{step}"
     try:
         with atomic_dir(final) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True, state_dict=adapter)
+            model.save_pretrained(tmp, safe_serialization=True)
             torch.save(state, tmp / STATE_FILE)
             if evaluation is not None:
                 atomic_write_json(tmp / EVAL_FILE, evaluation)
@@ -204,67 +200,6 @@ def save_checkpoint(model: torch.nn.Module, state: dict[str, Any], output_dir: P
                        f"{', '.join(kept) or 'no checkpoint'} kept; free some space, then resume") from None
     prune_checkpoints(output_dir, keep, best_metric)
     return final
-
-
-def on_host(value: Any) -> Any:
-    """A state (nested dicts and lists of tensors and plain values) with every tensor copied to the CPU: a
-    snapshot that the next optimizer steps cannot change."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: on_host(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [on_host(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(on_host(item) for item in value)
-    return value
-
-
-def adapter_on_host(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trained (LoRA) weights of a peft model, copied to the CPU, keyed as its state_dict: what
-    `save_pretrained(..., state_dict=...)` writes instead of the live weights."""
-    return {name: on_host(param) for name, param in model.named_parameters() if param.requires_grad}
-
-
-class CheckpointWriter:
-    """Writes checkpoints in a background thread, one at a time: the loop goes on while a checkpoint's files go
-    to disk (a Colab runtime's disk or Drive is slow). A write waits for the one before it; a failed write is
-    raised at the next save or at the end; leaving the `with` waits for the write in flight."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None  # its thread starts at the first write, ends at the `with`'s end
-        self._pending: Future | None = None
-
-    def submit(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.wait()
-        self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="tangpoem-checkpoint")
-        self._pending = self._pool.submit(write, *args, **kwargs)
-
-    def wait(self) -> None:
-        """Until the write in flight is on disk; its error, if it failed."""
-        pending, self._pending = self._pending, None
-        error = pending.exception() if pending is not None else None  # waits for it
-        del pending
-        if error is not None:
-            try:
-                raise error
-            finally:  # no reference cycle through this frame: the failed write's open files close with the error
-                error = None
-
-    def __enter__(self) -> CheckpointWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self.wait()
-            else:  # the run's own error is the one to report; the write in flight still ends (or cleans up)
-                with contextlib.suppress(BaseException):
-                    self.wait()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
 
 
 def prune_checkpoints(output_dir: Path, keep: int, best_metric: str) -> None:

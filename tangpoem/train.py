@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from tangpoem.callbacks import Callback, Callbacks, StepFunction, default_callbacks
-from tangpoem.checkpoints import CheckpointWriter, clean_stale_temps, list_checkpoints, load_training_state, output_dir_lock
+from tangpoem.checkpoints import clean_stale_temps, list_checkpoints, load_training_state, output_dir_lock
 from tangpoem.config import Config, describe, effective_yaml
 from tangpoem.data import load_train_rows
 from tangpoem.errors import InputError, RunError, say, setting
@@ -142,16 +142,9 @@ class Run:
     should_stop: str | None = None  # set by a callback (early stopping): why the loop ends here
     counts: dict[str, int] = field(default_factory=lambda: {"non_finite_losses": 0, "skipped_steps": 0, "oom_retries": 0})
     micro_batch_size: int = 0  # rows per forward pass: micro_batch_size, halved after a CUDA out-of-memory
-    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # writes checkpoints while the next steps run
 
     def __post_init__(self) -> None:
         self.micro_batch_size = self.micro_batch_size or self.cfg.micro_batch_size
-        self.modes.enter_context(self.writer)  # left before the output_dir's lock: the last write ends first
-
-    def kept_checkpoints(self) -> list[str]:
-        """The checkpoints on disk, once the write in flight has ended: what a stopping run names as kept."""
-        self.writer.wait()
-        return [p.name for p in list_checkpoints(self.output_dir)]
 
     def step_rows(self, step: int) -> list[EncodedRow]:
         return rows_of_step(self.dataset, self.cfg, self.order, step)
@@ -186,7 +179,7 @@ def out_of_memory_message(run: Run, step: int, error: BaseException) -> str:
         total = torch.cuda.get_device_properties(run.device).total_memory
         seen = f"{torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB of {total / 2**30:.1f} GiB at the peak"
     size = "one row a micro-batch" if run.micro_batch_size == 1 else f"micro-batches of {run.micro_batch_size} rows (DDP: no retry)"
-    kept = run.kept_checkpoints()
+    kept = [p.name for p in list_checkpoints(run.output_dir)]
     fixes = [setting("gradient_checkpointing", True)] if not run.cfg.gradient_checkpointing else []
     layers = getattr(getattr(run.model, "config", None), "num_hidden_layers", None)
     if run.cfg.gradient_checkpointing and run.cfg.checkpointed_layers is not None and layers:
