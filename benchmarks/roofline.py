@@ -56,7 +56,6 @@ SUM_IN, SUM_OUT = sum(MODULE_IN.values()) / D, sum(MODULE_OUT.values()) / D  # 9
 NF4_DEQUANT_BYTES = 0.5 + 2 + 0.07  # per parameter and use: read 4 bits (+ double-quantized scales), write 16 bits
 STEPS = 65
 COLAB_CPU_SLOWER = 1.5  # a Colab T4 runtime's 2 vCPUs (2.0-2.3 GHz Xeon) against the H200 host's, per unit of work
-CHECKPOINTED_LAYERS = 20  # configs/breeze-colab-t4.yaml's checkpointed_layers (tests/test_benchmarks.py checks they agree)
 
 
 @dataclass(frozen=True)
@@ -183,8 +182,12 @@ def recipes(lengths: list[int], learned: int, weight_cast: bool = True) -> dict[
         layer_bytes=5 * SUM_IN + 2 * 4 + rope_b + attention_b + 10 * F_MLP / D + 2 * 6,
         loss_bytes=30, step_kernels=40, graphed=True)
     # --- the shipped breeze-colab-t4: the first `checkpointed_layers` layers recompute, the others keep their activations
-    shipped = dataclasses.replace(t4_layout, name=f"tangpoem breeze-colab-t4, {CHECKPOINTED_LAYERS} of {LAYERS} layers recomputed",
-                                  recompute=CHECKPOINTED_LAYERS / LAYERS)
+    from tangpoem.config import load_config
+
+    kept = load_config("breeze-colab-t4").checkpointed_layers
+    recomputed = LAYERS if kept is None else min(kept, LAYERS)
+    shipped = dataclasses.replace(t4_layout, name=f"tangpoem breeze-colab-t4, {recomputed} of {LAYERS} layers recomputed",
+                                  recompute=recomputed / LAYERS)
     return {"homework": homework, "breeze-colab-t4": t4_layout, "breeze-colab-t4-shipped": shipped, "unsloth": unsloth,
             "trl": trl, "breeze-h100": h100}
 

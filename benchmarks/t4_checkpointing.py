@@ -39,12 +39,9 @@ def main() -> None:
     for value in args.layers.split(","):
         key = f"checkpointed_layers={value}"
         output = f"cli-t4-layers-{value}"
-        extra = {"checkpointed_layers": "null" if value == "none" else int(value)}  # "none" overrides the config's value too
-        stages.append(gpu_speed.Stage(key, 0, lambda r, output=output, extra=extra: gpu_speed.python(
-            "users_path.py", "cli", "--peak-json", str(r.figures_file(output)), "--memory-gb", str(gpu_speed.T4_MEMORY_GB),
-            "--t4-kernels", "--", "train", "--config", "breeze-colab-t4",
-            *gpu_speed.tangpoem_sets(r, output, compute_dtype="float16", **extra)),
-            gpu_speed.train_summary(output), needs="build", output=output))
+        layers = "null" if value == "none" else int(value)  # "none" overrides the config's value too
+        stages.append(gpu_speed.Stage(key, 0, gpu_speed.t4_argv(output, checkpointed_layers=layers),
+                                      gpu_speed.train_summary(output), needs="build", output=output))
     deadline = time.perf_counter() + 3600
     stdout = sys.stdout
     try:

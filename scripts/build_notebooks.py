@@ -73,8 +73,9 @@ def parameters(keys: list[str], extra: str = "") -> str:
     return "\n".join(part for part in (COMMON_PARAMS, knob_lines(["output_dir", *keys]), extra.strip()) if part)
 
 
-def config_cell(knobs: list[str], for_machine: bool = False) -> str:
-    """The cell after the parameters: knob=knob pairs, as many to a line as fit in 120 characters."""
+def config_cell(knobs: list[str], for_machine: bool = False, shown: str = "describe(cfg)") -> str:
+    """The cell after the parameters: knob=knob pairs, as many to a line as fit in 120 characters; then it prints
+    `shown`."""
     lines = [""]
     for pair in (f"{k}={k}," for k in ["output_dir", *knobs]):
         if lines[-1] and len(lines[-1]) + 1 + len(pair) > 120:
@@ -83,7 +84,7 @@ def config_cell(knobs: list[str], for_machine: bool = False) -> str:
     machine = ", for_this_machine=True" if for_machine else ""
     build = ("lessons.config_from_parameters(config_file, dict(\n" + "\n".join(lines)
              + f"\n), mount_drive{machine}, hub_cache_on_drive=hub_cache_on_drive)")
-    return f"from tangpoem import lessons, plots\nfrom tangpoem.config import describe\n\ncfg = {build}\nprint(describe(cfg))"
+    return f"from tangpoem import lessons, plots\nfrom tangpoem.config import describe\n\ncfg = {build}\nprint({shown})"
 
 
 def preamble(keys: list[str], extra: str = "", for_machine: bool = False) -> list[tuple[str, str]]:
@@ -483,8 +484,8 @@ resume = "auto"  # "auto": continue from the latest checkpoint in output_dir if 
     INSTALL_MD,
     ("code", INSTALL),
     CONFIG_MD,
-    ("code", config_cell(NB05_KNOBS, for_machine=True).replace(
-        "print(describe(cfg))", 'print(describe(cfg), f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}", sep="\\n")')),
+    ("code", config_cell(NB05_KNOBS, for_machine=True,
+                         shown='describe(cfg), f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}", sep="\\n"')),
     LOGIN_MD,
     LOGIN,
     ("md", """## 準備 Set-up

@@ -164,11 +164,11 @@ def test_the_roofline_model_meets_its_calibration_and_reports_held_out_errors(co
     assert homework["tokens_per_step"] == 16 * 256 and t4_layout["tokens_per_step"] == pytest.approx(111800 / 65)
     assert t4_layout["Tesla T4"]["step_s"] < homework["Tesla T4"]["step_s"]
     assert "note" in model["recipes"]["breeze-h100"]["Tesla T4"]
-    # the shipped breeze-colab-t4 recomputes fewer layers: fewer FLOPs, a shorter step
+    # the shipped breeze-colab-t4 recomputes fewer layers (its config's checkpointed_layers): fewer FLOPs, a shorter step
     from tangpoem.config import load_config
 
-    assert roofline.CHECKPOINTED_LAYERS == load_config("breeze-colab-t4").checkpointed_layers
     shipped = model["recipes"]["breeze-colab-t4-shipped"]
+    assert f"{load_config('breeze-colab-t4').checkpointed_layers} of 32 layers recomputed" in shipped["recipe"]
     assert shipped["tflop_per_step"] < t4_layout["tflop_per_step"]
     assert shipped["Tesla T4"]["step_s"] < t4_layout["Tesla T4"]["step_s"]
 
