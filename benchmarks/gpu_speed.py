@@ -21,6 +21,7 @@ ratios and the issue's targets. Every stage is a process of its own (its own mod
                               allocator capped at 15 GB, no FlashAttention/cuDNN attention; its own peak memory
             t4_colab          the same with breeze-colab-t4 as shipped (checkpointed_layers: fewer layers
                               recompute, more memory: issue 18's peak <= 14 GB)
+            t4_colab_peft_lora  t4_colab with fused_lora off (peft's own 4-bit LoRA forward): the lever on and off
             train_unsloth_fp16, train_unsloth_bf16   (d) Unsloth, 65 steps each, each on its own NF4 base
             generate_homework the notebook's generation, one prompt at a time (scaled from --homework-prompts)
 
@@ -179,6 +180,8 @@ PARTS: dict[str, list[Stage]] = {
         Stage("t4_profile", 40, t4_argv("cli-t4", checkpointed_layers="null"), train_summary("cli-t4"), needs="build",
               output="cli-t4"),
         Stage("t4_colab", 40, t4_argv("cli-t4-colab"), train_summary("cli-t4-colab"), needs="build", output="cli-t4-colab"),
+        Stage("t4_colab_peft_lora", 40, t4_argv("cli-t4-colab-peft-lora", fused_lora="false"),
+              train_summary("cli-t4-colab-peft-lora"), needs="build", output="cli-t4-colab-peft-lora"),
         Stage("train_unsloth_fp16", 140, peer_argv("unsloth", "train_unsloth_fp16", "--dtype", "fp16"),
               from_figures("train_unsloth_fp16"), needs="build"),
         Stage("train_unsloth_bf16", 150, peer_argv("unsloth", "train_unsloth_bf16", "--dtype", "bf16"),
@@ -311,6 +314,7 @@ def ratios(f: dict[str, Any]) -> dict[str, float | None]:
             "t4_peak_over_unsloth_fp16_peak": ratio(get("t4_profile", "peak_gb"), get("train_unsloth_fp16", "peak_gb")),
             "t4_colab_vs_homework": ratio(get("train_homework", "seconds"), get("t4_colab", "loop_seconds")),
             "t4_colab_vs_unsloth_fp16": ratio(get("train_unsloth_fp16", "seconds"), get("t4_colab", "loop_seconds")),
+            "t4_colab_fused_lora_speedup": ratio(get("t4_colab_peft_lora", "loop_seconds"), get("t4_colab", "loop_seconds")),
             "generate_vs_homework_first_call": ratio(get("generate_homework", "seconds_15"), calls[0].get("generate_seconds")),
             "generate_vs_homework_second_call": ratio(get("generate_homework", "seconds_15"), calls[-1].get("generate_seconds"))}
     return out

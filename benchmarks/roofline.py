@@ -181,13 +181,19 @@ def recipes(lengths: list[int], learned: int, weight_cast: bool = True) -> dict[
         layer_kernels=modules * 6 + 2 + rope + 3 + swiglu + residuals,  # a module: product, dropout, A, B's cast, addmm_
         layer_bytes=5 * SUM_IN + 2 * 4 + rope_b + attention_b + 10 * F_MLP / D + 2 * 6,
         loss_bytes=30, step_kernels=40, graphed=True)
-    # --- the shipped breeze-colab-t4: the first `checkpointed_layers` layers recompute, the others keep their activations
+    # --- the shipped breeze-colab-t4: the first `checkpointed_layers` layers recompute, the others keep their activations;
+    # with fused_lora, a module's LoRA sum is one addmm_ reading and writing the base output (peft's 4-bit layer: a
+    # copy of the output, B's product, the scale and the add: 3 kernels and ~6 bytes an output element more)
     from tangpoem.config import load_config
 
-    kept = load_config("breeze-colab-t4").checkpointed_layers
+    shipped_cfg = load_config("breeze-colab-t4")
+    kept = shipped_cfg.checkpointed_layers
     recomputed = LAYERS if kept is None else min(kept, LAYERS)
-    shipped = dataclasses.replace(t4_layout, name=f"tangpoem breeze-colab-t4, {recomputed} of {LAYERS} layers recomputed",
-                                  recompute=recomputed / LAYERS)
+    fused = shipped_cfg.fused_lora
+    shipped = dataclasses.replace(
+        t4_layout, name=f"tangpoem breeze-colab-t4, {recomputed} of {LAYERS} layers recomputed" + (", LoRA fused" if fused else ""),
+        recompute=recomputed / LAYERS, layer_kernels=t4_layout.layer_kernels - 3 * modules * fused,
+        layer_bytes=t4_layout.layer_bytes - 6 * SUM_OUT * fused)
     return {"homework": homework, "breeze-colab-t4": t4_layout, "breeze-colab-t4-shipped": shipped, "unsloth": unsloth,
             "trl": trl, "breeze-h100": h100}
 

@@ -100,7 +100,7 @@ class Config:
     dequantize_base: bool = knob(False, "4-bit only: train against the NF4 weights dequantized once (~2 bytes a parameter)", "levers")
     compile: bool = knob(False, "torch.compile each decoder layer: fused kernels; the first steps pay for compiling", "levers")
     fused_rms_norm: bool = knob(False, "each RMSNorm forward as one kernel (torch.nn.functional.rms_norm)", "levers")
-    fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm); dense base layers only", "levers")
+    fused_lora: bool = knob(False, "LoRA's scale and add folded into its B matmul (addmm), on the base output itself", "levers")
     checkpointed_layers: int | None = knob(None, "with gradient_checkpointing on: only the first N decoder layers recompute, the others keep their activations (faster, more memory); None: all", "levers")
     static_cache: bool = knob(False, "generation: a static KV cache; on a GPU each new token's step (forward, rules, choice) replayed as one CUDA graph", "levers")
     dense_generation: bool = knob(False, "generation on a GPU: the NF4 weights dequantized once (~2 bytes a parameter) with the adapter merged into them, as export --merged: faster, the same tokens up to rounding", "levers")
@@ -224,8 +224,6 @@ def validate_levers(cfg: Config) -> None:
             raise _refuse(cfg, lever, f"needs {other}={str(wanted).lower()} ({why})")
     if cfg.checkpointed_layers is not None and cfg.checkpointed_layers < 0:
         raise _refuse(cfg, "checkpointed_layers", "must be >= 0 (a count of decoder layers; None: every layer)")
-    if cfg.fused_lora and cfg.load_in_4bit and not cfg.dequantize_base:
-        raise _refuse(cfg, "fused_lora", "needs dequantize_base=true or load_in_4bit=false (peft's 4-bit LoRA layers keep their own forward)")
 
 
 # ----------------------------------------------------------------------------- reading values

@@ -41,7 +41,7 @@ def test_gpu_configs_keep_the_homeworks_training(name):
     differ = {k for k in cfg if cfg[k] != defaults[k]}
     assert differ <= levers | where, differ - levers - where
     if name.endswith("colab-t4"):  # a T4: no bf16, no compiled kernels, checkpointing kept; a save every 10 steps
-        assert differ - where == LAYOUT_KEYS | {"fused_rms_norm", "checkpointed_layers"}
+        assert differ - where == LAYOUT_KEYS | {"fused_rms_norm", "fused_lora", "checkpointed_layers"}
         assert cfg["save_steps"] == 10
 
 

@@ -97,9 +97,58 @@ def test_fused_lora_leaves_other_cases_to_peft(tiny_lora):
     assert not torch.allclose(base, tuned)
 
 
-def test_fused_lora_needs_dense_base_layers():
-    with pytest.raises(InputError, match="fused_lora.*needs dequantize_base=true"):
-        Config(fused_lora=True)
+def nf4_lora_model(tiny_config, lora_dropout: float) -> tuple[torch.nn.Module, torch.Tensor]:
+    """tiny-mistral with its decoder's Linear layers in NF4 (bitsandbytes quantizes on the CPU too) and LoRA
+    added as tangpoem adds it to a 4-bit model: peft's bnb Linear4bit layers, as on a T4."""
+    import bitsandbytes as bnb
+
+    from tangpoem.fast.dense import replace_module
+    from tangpoem.model import add_lora, load_base_model, load_tokenizer
+
+    cfg = tiny_config(model_name_or_path="tiny-mistral", lora_dropout=lora_dropout)
+    base = load_base_model(cfg)
+    for name, linear in [(n, m) for n, m in base.model.layers.named_modules() if type(m) is torch.nn.Linear]:
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False, compute_dtype=torch.float32,
+                                  quant_type="nf4", compress_statistics=True)
+        layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4",
+                                         compress_statistics=True)._quantize("cpu")
+        replace_module(base.model.layers, name, layer)
+    base.is_loaded_in_4bit = True  # peft then wraps the 4-bit layers in its bnb LoRA layers
+    model = add_lora(base, cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+    ids = torch.tensor([load_tokenizer(cfg)("春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。").input_ids])
+    return model.train(), ids
+
+
+def test_fused_lora_over_a_4bit_base_trains_what_peft_trains(tiny_config):
+    """Over NF4 layers (breeze-colab-t4's layout) peft's LoRA layer copies the base output before adding to it;
+    the fused forward adds in place, and computes the same loss and gradients (LoRA dropout on)."""
+    from peft.tuners.lora.bnb import Linear4bit
+
+    model, ids = nf4_lora_model(tiny_config, lora_dropout=0.1)
+    layers = model.get_base_model().model.layers
+    lora_layers = [m for m in model.modules() if type(m) is Linear4bit]
+    assert len(lora_layers) == 7 * len(layers)
+    assert assert_close_training(model, ids, fused_lora, autocast=False, atol=1e-5, rtol=1e-5) == len(lora_layers)
+    assert_close_training(model, ids, fused_lora, autocast=True, atol=2e-2, rtol=2e-2)  # as the T4 trains: under autocast
+    x = torch.randn(1, 5, lora_layers[0].in_features, requires_grad=True)
+    with fused_lora(model):
+        out = lora_layers[0](x)
+    names, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    assert "AddmmBackward0" in names and "CloneBackward0" not in names, names  # no copy of the base output
+
+
+def test_fused_lora_works_over_dense_and_4bit_bases():
+    Config(fused_lora=True)  # 4-bit (the T4 configs)
     Config(fused_lora=True, load_in_4bit=False)
     Config(fused_lora=True, dequantize_base=True, kbit_fp32_upcast=False)
 

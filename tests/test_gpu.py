@@ -184,6 +184,27 @@ def test_varlen_attention_cuda_graphs_and_fused_ops_train_as_eager_sdpa(small_mi
     print("graph shapes shuffled / balanced:", fused.graph_shape, balanced.graph_shape)
 
 
+def test_t4_levers_train_as_the_plain_4bit_path(small_mistral, tmp_path, course_dir, capsys):
+    """breeze-colab-t4's levers on an NF4 base in fp16 (GradScaler), LoRA dropout on: checkpointing only the first
+    layer (checkpointed_layers) and the fused LoRA forward over peft's 4-bit layers follow the losses of training
+    without them; the recomputed layer draws the same dropout masks."""
+    common = dict(compute_dtype="float16", padding_free=True, answer_logits_only=True, kbit_fp32_upcast=False,
+                  fused_rms_norm=True, micro_batch_size=8, lora_dropout=0.05, max_steps=6, save_steps=6)
+    plain = train(gpu_config(small_mistral, tmp_path / "plain", course_dir, **common, gradient_checkpointing=False))
+    first = train(gpu_config(small_mistral, tmp_path / "first", course_dir, **common, gradient_checkpointing=True,
+                             checkpointed_layers=1))
+    capsys.readouterr()
+    fused = train(gpu_config(small_mistral, tmp_path / "fused", course_dir, **common, gradient_checkpointing=True,
+                             checkpointed_layers=1, fused_lora=True))
+    assert "fused: 14 peft LoRA Linear layers" in capsys.readouterr().out  # peft's bnb LoRA layers, switched
+    for a, b, c in zip(plain.history, first.history, fused.history):
+        assert abs(a["loss"] - b["loss"]) < 0.01 * a["loss"], (a, b)
+        assert abs(a["loss"] - c["loss"]) < 0.02 * a["loss"], (a, c)
+    assert fused.history[-1]["loss"] < fused.history[0]["loss"]
+    print("losses plain / first layer recomputed / + fused LoRA:",
+          [tuple(round(h["loss"], 4) for h in hs) for hs in zip(plain.history, first.history, fused.history)])
+
+
 def test_cuda_graphs_give_their_memory_pool_back_after_training(small_mistral, tmp_path, course_dir):
     """The captured graphs' private memory pool lives while the loop runs and is gone once train returns
     (generation needs that memory); the objects frozen for the collector at the capture are thawed."""

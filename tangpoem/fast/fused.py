@@ -7,8 +7,10 @@ a fused op in PyTorch itself (no compiling, no extra package):
   rsqrt, two muls) and more backward; `torch.nn.functional.rms_norm` is one fused kernel forward on CUDA
   (and fused ones backward).
 - peft's LoRA adds `lora_B(h) * scaling` to the base output: a matmul, a mul and an add forward, and a
-  mul of the full gradient backward. `result.addmm_(h, B.T, alpha=scaling)` is one matmul whose epilogue
-  does the scale and the add; backward, the scale falls on the rank-r tensors only.
+  mul of the full gradient backward; over a 4-bit base (peft's bnb Linear4bit) it first copies the base output
+  too ("defensively", for older torch versions). `result.addmm_(h, B.T, alpha=scaling)` is one matmul whose
+  epilogue does the scale and the add, on the base output itself; backward, the scale falls on the rank-r
+  tensors only. On a T4 those full-size passes are memory-bound: each module's output read and written ~3 times.
 Both compute the same values up to rounding (one rounding where the originals round twice). They are
 loop modes, like `attention.varlen_attention`: entered for training, left before generation.
 """
@@ -82,8 +84,19 @@ def fused_rms_norm(model: torch.nn.Module) -> contextlib.AbstractContextManager[
     return _instance_forwards([m for m in model.modules() if _is_rms_norm(m)], rms_norm_forward)
 
 
-def fused_lora(model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
-    """Within the block every peft LoRA Linear of `model` runs `lora_forward`; yields how many were switched."""
+def _lora_linear_classes() -> tuple[type, ...]:
+    """peft's LoRA Linear, and its LoRA layer over a bitsandbytes 4-bit Linear where bitsandbytes is installed."""
     from peft.tuners.lora import Linear
 
-    return _instance_forwards([m for m in model.modules() if type(m) is Linear], lora_forward)
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+    except ImportError:  # no bitsandbytes: peft defines no 4-bit layers
+        return (Linear,)
+    return (Linear, Linear4bit)
+
+
+def fused_lora(model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
+    """Within the block every peft LoRA Linear of `model` (over a dense or a 4-bit base) runs `lora_forward`;
+    yields how many were switched."""
+    classes = _lora_linear_classes()
+    return _instance_forwards([m for m in model.modules() if type(m) in classes], lora_forward)
