@@ -340,7 +340,12 @@ def targets(f: dict[str, Any], r: dict[str, float | None]) -> dict[str, dict[str
 
 def merge(part_files: list[Path], results_dir: Path) -> Path:
     parts = [read_json(p) for p in part_files]
-    environments = {p["part"]: p["environment"] for p in parts}
+    environments: dict[str, Any] = {}
+    for part in parts:  # a part run in two commands (--stages) keeps both environments
+        key = part["part"]
+        while key in environments:
+            key += "+"
+        environments[key] = part["environment"]
     first = parts[0]["environment"]
     figures = {k: v for p in parts for k, v in p["figures"].items()}
     errors = {k: v for p in parts for k, v in p["errors"].items() if k not in figures}
