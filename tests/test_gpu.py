@@ -207,7 +207,8 @@ def test_t4_levers_train_as_the_plain_4bit_path(small_mistral, tmp_path, course_
 
 def test_cuda_graphs_give_their_memory_pool_back_after_training(small_mistral, tmp_path, course_dir):
     """The captured graphs' private memory pool lives while the loop runs and is gone once train returns
-    (generation needs that memory); the objects frozen for the collector at the capture are thawed."""
+    (generation needs that memory), also in a process whose first capture this is (cuBLAS's workspaces for the
+    capture stream are made outside the pool); the objects frozen for the collector at the capture are thawed."""
     import gc
 
     def graph_pool_bytes() -> int:
@@ -223,7 +224,9 @@ def test_cuda_graphs_give_their_memory_pool_back_after_training(small_mistral, t
     result = train(cfg, on_step_end=[lambda step, record: during.append(graph_pool_bytes())])
     torch.cuda.empty_cache()
     assert min(during) > before and graph_pool_bytes() == before, (before, during, graph_pool_bytes())
-    assert gc.get_freeze_count() == 0
+    # the heap frozen at the capture (every object of the process) is thawed; CPython 3.12 itself may keep a few
+    # hundred frozen (375 at 3.12.3's start)
+    assert gc.get_freeze_count() < 1000, gc.get_freeze_count()
     assert result.timings["capture_seconds"] > 0
     print(f"graph pool during the loop: {(max(during) - before) / 2**20:.1f} MiB; capture {result.timings['capture_seconds']:.2f} s")
 

@@ -70,10 +70,21 @@ class PackedLoss(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")  # ignores IGNORE_INDEX
 
 
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream torch.cuda.graph captures on when given none (make_graphed_callables gives none): one per
+    process, made at the first capture unless made here first."""
+    if torch.cuda.graph.default_capture_stream is None:
+        with torch.cuda.device(device):
+            torch.cuda.graph.default_capture_stream = torch.cuda.Stream()
+    return torch.cuda.graph.default_capture_stream
+
+
 def warm_up_cublas(device: torch.device) -> None:
-    """Create cuBLAS's and cuBLASLt's handles with the products a training step uses (matmul, addmm,
-    their backward), on a side stream as a capture's, under the caller's autocast."""
-    with torch.cuda.stream(torch.cuda.Stream(device)), torch.enable_grad():  # also called under no_grad (generation)
+    """Create cuBLAS's and cuBLASLt's handles and workspaces with the products a training step uses (matmul,
+    addmm, their backward), on the stream the captures use, under the caller's autocast. A workspace is kept
+    per handle and stream for the process's life: made during a capture, it would sit in that graph's memory
+    pool and keep part of the pool after the graph is freed."""
+    with torch.cuda.stream(capture_stream(device)), torch.enable_grad():  # also called under no_grad (generation)
         a = torch.randn(64, 64, device=device, requires_grad=True)
         b = torch.randn(64, 64, device=device, requires_grad=True)
         out = torch.addmm(a @ b, a, b) + torch.nn.functional.linear(a, b, a[0])
