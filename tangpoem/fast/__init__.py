@@ -26,6 +26,7 @@ bitsandbytes 0.50); a new version of any of these may move them:
   dense.py); `peft.helpers.disable_input_dtype_casting` (levers.py).
 - bitsandbytes: `functional.dequantize_4bit` with a weight's `quant_state` (dense.py).
 - torch: `torch.nn.attention.varlen.varlen_attn` (2.10+; attention.py), `torch.cuda.make_graphed_callables`
-  with `num_warmup_iters=0` and `torch.cuda.graph.default_capture_stream`, the stream it captures on (graphs.py), `gc.freeze` around a capture (graphs.py), `torch.multinomial`'s draws
-  inside a captured graph (decode.py; tests/test_gpu.py checks they are the eager draws).
+  with `num_warmup_iters=0`, `torch.cuda.graph.default_capture_stream` (the stream a capture runs on) and
+  `gc.freeze` around a capture (graphs.py), `torch.multinomial`'s draws inside a captured graph (decode.py;
+  tests/test_gpu.py checks they are the eager draws).
 """
