@@ -48,6 +48,17 @@ def assert_close_training(model: torch.nn.Module, ids: torch.Tensor, mode, autoc
     return count
 
 
+def backward_nodes(out: torch.Tensor) -> set[str]:
+    """The kinds of autograd nodes `out` was computed through."""
+    names, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
 @pytest.mark.parametrize("mode", [fused_rms_norm, fused_lora], ids=["rms_norm", "lora"])
 def test_fused_modes_train_what_the_originals_train(tiny_lora, mode):
     model, ids = tiny_lora
@@ -138,12 +149,7 @@ def test_fused_lora_over_a_4bit_base_trains_what_peft_trains(tiny_config):
     x = torch.randn(1, 5, lora_layers[0].in_features, requires_grad=True)
     with fused_lora(model):
         out = lora_layers[0](x)
-    names, stack = set(), [out.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            stack.extend(next_node for next_node, _ in node.next_functions)
+    names = backward_nodes(out)
     assert "AddmmBackward0" in names and "CloneBackward0" not in names, names  # no copy of the base output
 
 
@@ -161,12 +167,7 @@ def test_fused_lora_adds_in_place_without_a_copy(tiny_lora):
     x = torch.randn(1, 7, layer.in_features, requires_grad=True)
     with fused_lora(model):
         out = layer(x)
-    names, stack = set(), [out.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            stack.extend(next_node for next_node, _ in node.next_functions)
+    names = backward_nodes(out)
     assert "AddmmBackward0" in names and not any(name.startswith("CopySlices") for name in names), names
 
 
