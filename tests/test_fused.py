@@ -111,7 +111,7 @@ def test_fused_lora_leaves_other_cases_to_peft(tiny_lora):
 def nf4_lora_model(tiny_config, lora_dropout: float) -> tuple[torch.nn.Module, torch.Tensor]:
     """tiny-mistral with its decoder's Linear layers in NF4 (bitsandbytes quantizes on the CPU too) and LoRA
     added as tangpoem adds it to a 4-bit model: peft's bnb Linear4bit layers, as on a T4."""
-    import bitsandbytes as bnb
+    from nf4_helpers import nf4_linear
 
     from tangpoem.fast.dense import replace_module
     from tangpoem.model import add_lora, load_base_model, load_tokenizer
@@ -119,11 +119,7 @@ def nf4_lora_model(tiny_config, lora_dropout: float) -> tuple[torch.nn.Module, t
     cfg = tiny_config(model_name_or_path="tiny-mistral", lora_dropout=lora_dropout)
     base = load_base_model(cfg)
     for name, linear in [(n, m) for n, m in base.model.layers.named_modules() if type(m) is torch.nn.Linear]:
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False, compute_dtype=torch.float32,
-                                  quant_type="nf4", compress_statistics=True)
-        layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)._quantize("cpu")
-        replace_module(base.model.layers, name, layer)
+        replace_module(base.model.layers, name, nf4_linear(linear))
     base.is_loaded_in_4bit = True  # peft then wraps the 4-bit layers in its bnb LoRA layers
     model = add_lora(base, cfg)
     torch.manual_seed(0)

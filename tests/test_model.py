@@ -50,23 +50,13 @@ def test_tiny_tokenizer_reads_the_configured_data_dir(tmp_path):
 def test_dequantized_base_computes_what_the_4bit_layers_do():
     """dequantize_base swaps each Linear4bit for a Linear holding exactly the weight the 4-bit matmul
     dequantizes to. bitsandbytes quantizes on the CPU too, so this runs without a GPU."""
-    import bitsandbytes as bnb
+    from nf4_helpers import nf4_linear
 
     from tangpoem.fast.dense import dequantize_4bit_layers
 
-    def nf4(linear: torch.nn.Linear) -> torch.nn.Module:
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                  compute_dtype=torch.float32, quant_type="nf4", compress_statistics=True)
-        # bitsandbytes quantizes when the weight moves to a device; on the CPU that is _quantize
-        layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)._quantize("cpu")
-        if linear.bias is not None:
-            layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
-        return layer
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.SiLU(), torch.nn.Linear(128, 32, bias=False))
-    quantized = torch.nn.Sequential(nf4(model[0]), torch.nn.SiLU(), nf4(model[2]))
+    quantized = torch.nn.Sequential(nf4_linear(model[0]), torch.nn.SiLU(), nf4_linear(model[2]))
     x = torch.randn(5, 64)
     with torch.no_grad():
         expected = quantized(x)
