@@ -116,6 +116,17 @@ def test_merge_says_when_the_parts_ran_on_two_machines(tmp_path):
     assert json.loads(gpu_speed.merge(files, tmp_path).read_text())["one_machine"] is False
 
 
+def test_merge_keeps_both_environments_of_a_part_run_in_two_commands(tmp_path):
+    """Part 2 run in two commands (--stages), the second on another machine: both environments are kept, so the
+    merge does not call it one machine."""
+    files = []
+    for i, (name, uuid) in enumerate((("1", "GPU-1"), ("2", "GPU-1"), ("2", "GPU-2"))):
+        files.append(tmp_path / f"part{i}.json")
+        files[-1].write_text(json.dumps(_part(name, uuid, {})))
+    merged = json.loads(gpu_speed.merge(files, tmp_path).read_text())
+    assert list(merged["environments"]) == ["1", "2", "2+"] and merged["one_machine"] is False
+
+
 def test_slimming_a_wheel_drops_the_files_and_their_record_lines(tmp_path):
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     record = "pkg/__init__.py,sha256=a,1\npkg/libx_cuda118.so,sha256=b,2\npkg/libx_cuda130.so,sha256=c,3\npkg-1.0.dist-info/RECORD,,\n"
@@ -169,6 +180,7 @@ def test_the_roofline_model_meets_its_calibration_and_reports_held_out_errors(co
 
     shipped = model["recipes"]["breeze-colab-t4-shipped"]
     assert f"{load_config('breeze-colab-t4').checkpointed_layers} of 32 layers recomputed" in shipped["recipe"]
+    assert ("LoRA fused" in shipped["recipe"]) == load_config("breeze-colab-t4").fused_lora
     assert shipped["tflop_per_step"] < t4_layout["tflop_per_step"]
     assert shipped["Tesla T4"]["step_s"] < t4_layout["Tesla T4"]["step_s"]
 
