@@ -1,6 +1,6 @@
 """Each lever of tangpoem's training on and off in one run, and where a step's time goes (torch.profiler).
 
-    python benchmarks/gpu_levers.py --data-dir DIR --levers train,overhead,fused,balance,t4,t4fused,generate [--commit SHA]
+    python benchmarks/gpu_levers.py --data-dir DIR --levers train,overhead,fused,balance,t4,t4fused,liger,generate [--commit SHA]
     python benchmarks/gpu_levers.py --data-dir DIR --profile [--set key=value ...]
 
 Comparisons inside tangpoem (`tangpoem.train.train` called in this process, each variant on its own fresh NF4 base),
@@ -11,12 +11,15 @@ checkpoint (written once, reused). Figures go to <results-dir>/<gpu>-levers-<gro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -230,6 +233,76 @@ LEVER_GROUPS: dict[str, tuple[str, dict[str, Any], dict[str, dict[str, Any]]]] =
 }
 
 
+# liger-kernel's Triton kernels on breeze-h100 (under its CUDA graphs): each variant's kernels are put into
+# transformers' Mistral module before its model is built, and taken out after it. Before training, each kernel
+# runs once forward and backward on the model's widths (`compile_liger`), so that Triton compiles it outside a
+# CUDA-graph capture; that time is the variant's `compile_seconds`. The first variant with a kernel compiles it
+# into an empty Triton cache, as on a fresh machine; later variants reuse what this process compiled.
+# Liger's fused linear cross-entropy is left out: it reads the count of targets on the CPU (`.item()`), which a
+# captured step cannot do, and breeze-h100 already runs lm_head on the answer positions only.
+LIGER_VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "breeze-h100": ({}, ()),
+    "+ Liger SwiGLU and RoPE, compiled in the run (empty Triton cache)": ({}, ("swiglu", "rope")),
+    "+ Liger SwiGLU and RoPE, already compiled": ({}, ("swiglu", "rope")),
+    "+ Liger SwiGLU, RoPE and RMSNorm (instead of torch's fused RMSNorm), RMSNorm compiled in the run": (
+        {"fused_rms_norm": False}, ("swiglu", "rope", "rms_norm")),
+    "breeze-h100 again (the first run of a process pays one-off set-up)": ({}, ()),
+}
+LIGER_NAMES = {"swiglu": "MistralMLP", "rope": "apply_rotary_pos_emb", "rms_norm": "MistralRMSNorm"}
+
+
+@contextlib.contextmanager
+def liger_kernels(kernels: tuple[str, ...]) -> Iterator[None]:
+    """Within the block, Mistral models built by transformers use liger-kernel's `kernels` (of LIGER_NAMES)."""
+    from transformers.models.mistral import modeling_mistral
+
+    saved = {name: getattr(modeling_mistral, name) for name in LIGER_NAMES.values()}
+    try:
+        if kernels:
+            from liger_kernel.transformers import apply_liger_kernel_to_mistral
+
+            apply_liger_kernel_to_mistral(cross_entropy=False, fused_linear_cross_entropy=False,
+                                          **{kernel: kernel in kernels for kernel in LIGER_NAMES})
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(modeling_mistral, name, value)
+
+
+def compile_liger(kernels: tuple[str, ...], checkpoint: Path, tokens: int = 64) -> float:
+    """Seconds to run each of `kernels` (as patched into transformers' Mistral module) once forward and backward
+    on bf16 tensors of the checkpoint's widths (the modules are built before the clock starts); Triton specializes
+    on those widths, not on the number of tokens."""
+    from transformers import AutoConfig
+    from transformers.models.mistral import modeling_mistral
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    mlp = modeling_mistral.MistralMLP(config).to(**bf16) if "swiglu" in kernels else None
+    norm = modeling_mistral.MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps).to(**bf16) if "rms_norm" in kernels else None
+    hidden = torch.randn(1, tokens, config.hidden_size, **bf16, requires_grad=True)
+    query = torch.randn(1, heads, tokens, head_dim, **bf16, requires_grad=True)
+    key = torch.randn(1, config.num_key_value_heads, tokens, head_dim, **bf16, requires_grad=True)
+    cos, sin = torch.randn(1, tokens, head_dim, **bf16), torch.randn(1, tokens, head_dim, **bf16)
+
+    def run() -> None:
+        outputs = [mlp(hidden)] if mlp is not None else []
+        outputs += [norm(hidden)] if norm is not None else []
+        outputs += modeling_mistral.apply_rotary_pos_emb(query, key, cos, sin) if "rope" in kernels else []
+        torch.stack([o.float().sum() for o in outputs]).sum().backward()
+
+    return timed(run)[1]
+
+
+def liger_runs(shape: dict[str, Any], work: Path) -> list[tuple[str, Any, tuple[str, ...]]]:
+    return [(label, load_config("breeze-h100", {**shape, **overrides, "output_dir": str(work / f"liger-{i}")}), kernels)
+            for i, (label, (overrides, kernels)) in enumerate(LIGER_VARIANTS.items())]
+
+
+OTHER_GROUPS = ("liger", "generate", "generate-profile")
+
+
 def lever_runs(groups: list[str], shape: dict[str, Any], work: Path) -> list[tuple[str, Any]]:
     """(label, config) of every variant of `groups`. Within a group no two variants may share a config:
     a lever compared with itself measures nothing (the groups may share one, e.g. a baseline)."""
@@ -262,13 +335,13 @@ def main() -> None:
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-speed"))
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--levers", default="", help=f"each lever on and off: any of {','.join([*LEVER_GROUPS, 'generate', 'generate-profile'])}")
+    parser.add_argument("--levers", default="", help=f"each lever on and off: any of {','.join([*LEVER_GROUPS, *OTHER_GROUPS])}")
     parser.add_argument("--profile", action="store_true", help="only profile breeze-h100's training steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="with --profile: config keys to change from breeze-h100")
     args = parser.parse_args()
     chosen = [g for g in args.levers.split(",") if g]
-    if unknown := set(chosen) - {*LEVER_GROUPS, "generate", "generate-profile"}:
+    if unknown := set(chosen) - {*LEVER_GROUPS, *OTHER_GROUPS}:
         parser.error(f"--levers: unknown group(s) {', '.join(sorted(unknown))}")
     if not chosen and not args.profile:
         parser.error("say --levers GROUPS or --profile")
@@ -277,7 +350,11 @@ def main() -> None:
     ckpt = args.work / "breeze-shape"
     # random weights never stop: min_new_tokens forces every poem to 128 new tokens
     shape = {"model_name_or_path": str(ckpt), "data_dir": args.data_dir, "max_new_tokens": 128, "min_new_tokens": 128}
-    runs = lever_runs([g for g in chosen if g in LEVER_GROUPS], shape, args.work)  # refused here, before the checkpoint
+    runs = [(label, cfg, ()) for label, cfg in lever_runs([g for g in chosen if g in LEVER_GROUPS], shape, args.work)]
+    if "liger" in chosen:
+        # before anything imports Triton: every Liger kernel is compiled in this run, none read from an earlier one
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-cache-")
+        runs += liger_runs(shape, args.work)
     build = build_checkpoint(ckpt, args.data_dir)
     fast = load_config("breeze-h100", {**shape, "output_dir": str(args.work / "b")})
     results: dict[str, Any] = {**environment(args.commit), "build": build, "config_breeze_h100": fast.to_dict(),
@@ -301,15 +378,17 @@ def main() -> None:
         results["figures"]["profile"] = stage("profile", lambda: profiled_training(profiled))
         atomic_write_json(out_file, json.loads(json.dumps(results, default=str)))
         return
-    for label, cfg in runs:
-        def lever(cfg=cfg) -> dict[str, Any]:
-            figure, result = tangpoem_training(cfg)
+    for label, cfg, kernels in runs:
+        def lever(cfg=cfg, kernels=kernels) -> dict[str, Any]:
+            with liger_kernels(kernels):
+                compiled = {"liger_kernels": list(kernels), "compile_seconds": compile_liger(kernels, ckpt)} if kernels else {}
+                figure, result = tangpoem_training(cfg)
             result.model = None  # release the model before the next run
-            return figure
+            return {**figure, **compiled}
 
         results["figures"][label] = stage(f"lever: {label}", lever)
         release()
-    if "generate" in chosen or "generate-profile" in chosen:  # timing does not depend on the weights: fresh adapters
+    if {"generate", "generate-profile"} & set(chosen):  # timing does not depend on the weights: fresh adapters
         def record(label: str, fn: Callable[[], Any]) -> None:
             results["figures"][label] = stage(label, fn)
 

@@ -16,7 +16,7 @@ import torch
 
 # every library a recipe of the benchmark may use; one that is not installed is recorded as such
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", "datasets", "unsloth", "unsloth_zoo",
-            "triton", "torchao", "cut_cross_entropy", "tokenizers", "safetensors")
+            "triton", "torchao", "cut_cross_entropy", "liger_kernel", "tokenizers", "safetensors")
 
 
 def versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
