@@ -1,5 +1,5 @@
 """The GPU benchmark's plumbing, on the CPU: its stages' bookkeeping (budget, failures), the merged results file's
-ratios and targets, the carried wheels' slimming, and a tiny run in which the absent peers are recorded, not fatal."""
+ratios and targets, the carried wheels' slimming, the Liger lever group's patches, and a tiny run in which the absent peers are recorded, not fatal."""
 
 from __future__ import annotations
 
@@ -224,3 +224,45 @@ def test_the_checkpointing_sweep_runs_each_value_and_none_means_every_layer(tmp_
     every, one = results["figures"]["checkpointed_layers=none"], results["figures"]["checkpointed_layers=1"]
     assert "checkpointed_layers=null" in every["command"] and "checkpointed_layers=1" in one["command"]
     assert every["steps"] == one["steps"] == 2
+
+
+def test_the_liger_group_patches_mistral_only_while_a_variant_runs(monkeypatch, tmp_path):
+    """gpu_levers.py --levers liger: each variant's Liger kernels are in transformers' Mistral module only while its
+    run lasts (a failing run too), never the fused linear cross-entropy (its `.item()` cannot be captured); the
+    variant with Liger's RMSNorm turns tangpoem's fused RMSNorm off, which would otherwise replace Liger's forward."""
+    import types
+
+    from transformers.models.mistral import modeling_mistral
+
+    import gpu_levers
+
+    calls = []
+
+    def apply_liger_kernel_to_mistral(rope, cross_entropy, fused_linear_cross_entropy, rms_norm, swiglu):
+        calls.append({"cross_entropy": cross_entropy, "fused_linear_cross_entropy": fused_linear_cross_entropy})
+        for kernel, on in (("rope", rope), ("rms_norm", rms_norm), ("swiglu", swiglu)):
+            if on:  # as liger does: a module attribute replaced
+                setattr(modeling_mistral, gpu_levers.LIGER_NAMES[kernel], f"liger {kernel}")
+
+    liger = types.ModuleType("liger_kernel.transformers")
+    liger.apply_liger_kernel_to_mistral = apply_liger_kernel_to_mistral
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", liger)
+    originals = {name: getattr(modeling_mistral, name) for name in gpu_levers.LIGER_NAMES.values()}
+
+    with gpu_levers.liger_kernels(("swiglu", "rope")):
+        assert modeling_mistral.MistralMLP == "liger swiglu"
+        assert modeling_mistral.apply_rotary_pos_emb == "liger rope"
+        assert modeling_mistral.MistralRMSNorm is originals["MistralRMSNorm"]
+    assert {name: getattr(modeling_mistral, name) for name in originals} == originals
+    with pytest.raises(RuntimeError), gpu_levers.liger_kernels(("rms_norm",)):
+        assert modeling_mistral.MistralRMSNorm == "liger rms_norm"
+        raise RuntimeError("the run failed")
+    assert {name: getattr(modeling_mistral, name) for name in originals} == originals
+    assert calls == [{"cross_entropy": False, "fused_linear_cross_entropy": False}] * 2
+
+    runs = gpu_levers.liger_runs({}, tmp_path)
+    assert [kernels for _, _, kernels in runs][0] == () and runs[-1][2] == ()  # as shipped, before and after
+    for label, cfg, kernels in runs:
+        assert cfg.fused_rms_norm == ("rms_norm" not in kernels), label
+    assert len({cfg.output_dir for _, cfg, _ in runs}) == len(runs)
