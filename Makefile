@@ -26,8 +26,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@scripts/install_system_deps.sh
-	@# undefined names and unused imports (pyflakes' checks) in every Python file, scripts no test runs included
-	$(PY) -m ruff check -q --select F tangpoem benchmarks tests scripts
+	@# undefined names and unused imports (pyflakes' checks) in every Python file and notebook, scripts no test runs included
+	$(PY) -m ruff check -q --select F tangpoem benchmarks tests scripts notebooks
 	$(PY) -m pytest -q
 
 clean:

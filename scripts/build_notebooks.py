@@ -73,9 +73,9 @@ def parameters(keys: list[str], extra: str = "") -> str:
     return "\n".join(part for part in (COMMON_PARAMS, knob_lines(["output_dir", *keys]), extra.strip()) if part)
 
 
-def config_cell(knobs: list[str], for_machine: bool = False, shown: str = "describe(cfg)") -> str:
+def config_cell(knobs: list[str], for_machine: bool = False, shown: str = "describe(cfg)", figures: bool = False) -> str:
     """The cell after the parameters: knob=knob pairs, as many to a line as fit in 120 characters; then it prints
-    `shown`."""
+    `shown`. It imports tangpoem.plots too where the notebook draws `figures`."""
     lines = [""]
     for pair in (f"{k}={k}," for k in ["output_dir", *knobs]):
         if lines[-1] and len(lines[-1]) + 1 + len(pair) > 120:
@@ -84,12 +84,13 @@ def config_cell(knobs: list[str], for_machine: bool = False, shown: str = "descr
     machine = ", for_this_machine=True" if for_machine else ""
     build = ("lessons.config_from_parameters(config_file, dict(\n" + "\n".join(lines)
              + f"\n), mount_drive{machine}, hub_cache_on_drive=hub_cache_on_drive)")
-    return f"from tangpoem import lessons, plots\nfrom tangpoem.config import describe\n\ncfg = {build}\nprint({shown})"
+    modules = "lessons, plots" if figures else "lessons"
+    return f"from tangpoem import {modules}\nfrom tangpoem.config import describe\n\ncfg = {build}\nprint({shown})"
 
 
-def preamble(keys: list[str], extra: str = "", for_machine: bool = False) -> list[tuple[str, str]]:
+def preamble(keys: list[str], extra: str = "", for_machine: bool = False, figures: bool = False) -> list[tuple[str, str]]:
     return [PARAMS_MD, ("parameters", parameters(keys, extra)), INSTALL_MD, ("code", INSTALL), CONFIG_MD,
-            ("code", config_cell(keys, for_machine))]
+            ("code", config_cell(keys, for_machine, figures=figures))]
 
 
 SHOW_FIG = "plots.save_png(fig, lessons.figure_path(cfg, {name!r}))  # writes the PNG and shows it"
@@ -275,7 +276,8 @@ for the homework's three demo couplets **before fine-tuning**.""") + preamble(
 temperatures = [0.1, 0.5, 1.0, 2.0]  # the temperatures drawn side by side
 answer_prefix = "春蠶到死"  # the start of an answer, so we look at a next character mid-verse
 top_n = 20  # candidates drawn in the plots
-demo_top_k = 5  # k in the top-k panel (the homework's top_k of 50 keeps all top_n shown: nothing would be cut)''', for_machine=True) + [
+demo_top_k = 5  # k in the top-k panel (the homework's top_k of 50 keeps all top_n shown: nothing would be cut)''', for_machine=True,
+    figures=True) + [
     LOGIN_MD,
     LOGIN,
     ("md", "## 載入模型（還沒微調） Load the base model (no adapter)"),
@@ -367,7 +369,7 @@ NB04 = header("04_data_and_tokens", "04 · 資料與 Token  Data and tokens", ""
 
 What the training rows look like, how long they are, the homework's prompt and, most important, **which
 tokens the loss learns** (the label mask).""") + preamble(NB04_KNOBS, '''
-example_index = 0  # the row drawn token by token''') + [
+example_index = 0  # the row drawn token by token''', figures=True) + [
     ("md", "## 資料集 The dataset\n\n每筆有 instruction、input（第一聯）、output（詩的其餘部分）。 Each row: instruction, input (the first couplet), output (the rest)."),
     ("code", """from tangpoem.data import load_train_rows
 
@@ -484,7 +486,7 @@ resume = "auto"  # "auto": continue from the latest checkpoint in output_dir if 
     INSTALL_MD,
     ("code", INSTALL),
     CONFIG_MD,
-    ("code", config_cell(NB05_KNOBS, for_machine=True,
+    ("code", config_cell(NB05_KNOBS, for_machine=True, figures=True,
                          shown='describe(cfg), f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps}", sep="\\n"')),
     LOGIN_MD,
     LOGIN,
