@@ -187,8 +187,8 @@ def recipes(lengths: list[int], learned: int, weight_cast: bool = True) -> dict[
     from tangpoem.config import load_config
 
     shipped_cfg = load_config("breeze-colab-t4")
-    kept = shipped_cfg.checkpointed_layers
-    recomputed = LAYERS if kept is None else min(kept, LAYERS)
+    checkpointed = shipped_cfg.checkpointed_layers
+    recomputed = LAYERS if checkpointed is None else min(checkpointed, LAYERS)
     fused = shipped_cfg.fused_lora
     shipped = dataclasses.replace(
         t4_layout, name=f"tangpoem breeze-colab-t4, {recomputed} of {LAYERS} layers recomputed" + (", LoRA fused" if fused else ""),

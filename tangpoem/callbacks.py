@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from tangpoem.checkpoints import HISTORY_FILE, list_checkpoints, save_checkpoint, touch_lock
+from tangpoem.checkpoints import HISTORY_FILE, save_checkpoint, touch_lock
 from tangpoem.console import interactive
 from tangpoem.errors import RunError, setting
 from tangpoem.evaluate import EVAL_HISTORY_FILE, describe_figures, evaluations_without_improvement
@@ -172,7 +172,7 @@ class Guard(Callback):
 
 
 def diverged_message(run: Run, step: int, bad: int, finite: bool) -> str:
-    kept = [p.name for p in list_checkpoints(run.output_dir)]
+    kept = run.kept_checkpoints()
     cause = ("the loss scaler skipped the update" if finite else "the loss was inf/nan")
     fp16 = run.scaler.is_enabled()
     fixes = [setting("kbit_fp32_upcast", True) + " (fp32 norms)"] if fp16 and not run.cfg.kbit_fp32_upcast else []

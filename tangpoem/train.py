@@ -146,6 +146,10 @@ class Run:
     def __post_init__(self) -> None:
         self.micro_batch_size = self.micro_batch_size or self.cfg.micro_batch_size
 
+    def kept_checkpoints(self) -> list[str]:
+        """The checkpoints on disk: what a stopping run names as kept."""
+        return [p.name for p in list_checkpoints(self.output_dir)]
+
     def step_rows(self, step: int) -> list[EncodedRow]:
         return rows_of_step(self.dataset, self.cfg, self.order, step)
 
@@ -179,7 +183,7 @@ def out_of_memory_message(run: Run, step: int, error: BaseException) -> str:
         total = torch.cuda.get_device_properties(run.device).total_memory
         seen = f"{torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB of {total / 2**30:.1f} GiB at the peak"
     size = "one row a micro-batch" if run.micro_batch_size == 1 else f"micro-batches of {run.micro_batch_size} rows (DDP: no retry)"
-    kept = [p.name for p in list_checkpoints(run.output_dir)]
+    kept = run.kept_checkpoints()
     fixes = [setting("gradient_checkpointing", True)] if not run.cfg.gradient_checkpointing else []
     layers = getattr(getattr(run.model, "config", None), "num_hidden_layers", None)
     if run.cfg.gradient_checkpointing and run.cfg.checkpointed_layers is not None and layers:
