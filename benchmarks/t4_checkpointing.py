@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import gpu_speed
 from measure import environment, write_figures
@@ -34,7 +35,6 @@ def main() -> None:
     results = {"what": "breeze-colab-t4 (the T4 profile) for each checkpointed_layers value", "environment": environment(args.commit),
                "figures": {}, "errors": {}}
     out_file = args.out / "t4-checkpointing.json"
-    log = (args.out / "t4-checkpointing.log").open("w", encoding="utf-8")
     stages = [gpu_speed.BUILD]
     for value in args.layers.split(","):
         key = f"checkpointed_layers={value}"
@@ -42,19 +42,25 @@ def main() -> None:
         layers = "null" if value == "none" else int(value)  # "none" overrides the config's value too
         stages.append(gpu_speed.Stage(key, 0, gpu_speed.t4_argv(output, checkpointed_layers=layers),
                                       gpu_speed.train_summary(output), needs="build", output=output))
+    run_logged(run, stages, results, out_file, args.out / "t4-checkpointing.log")
+
+
+def run_logged(run: gpu_speed.Run, stages: list[gpu_speed.Stage], results: dict[str, Any], out_file: Path, log_file: Path) -> None:
+    """Each stage in turn, its processes' output to `log_file`, one line each to the console; `out_file` rewritten
+    after every stage."""
     deadline = time.perf_counter() + 3600
     stdout = sys.stdout
-    try:
-        sys.stdout = log  # the stages' output to the log; one line each to the console
-        for stage in stages:
-            gpu_speed.run_stage(stage, run, results, deadline)
-            figures = results["figures"].get(stage.key, {})
-            print(f"{stage.key}: loop {figures.get('loop_seconds', float('nan')):.2f} s, peak {figures.get('peak_gb', float('nan')):.2f} GB"
-                  f" ({results['errors'].get(stage.key, 'ok')})", file=stdout, flush=True)
-            write_figures(out_file, results)
-    finally:
-        sys.stdout = stdout
-        log.close()
+    with log_file.open("w", encoding="utf-8") as log:
+        try:
+            sys.stdout = log
+            for stage in stages:
+                gpu_speed.run_stage(stage, run, results, deadline)
+                figures = results["figures"].get(stage.key, {})
+                print(f"{stage.key}: loop {figures.get('loop_seconds', float('nan')):.2f} s, peak {figures.get('peak_gb', float('nan')):.2f} GB"
+                      f" ({results['errors'].get(stage.key, 'ok')})", file=stdout, flush=True)
+                write_figures(out_file, results)
+        finally:
+            sys.stdout = stdout
     print(f"wrote {out_file}")
 
 

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -267,3 +268,95 @@ def test_the_liger_group_patches_mistral_only_while_a_variant_runs(monkeypatch, 
     for label, cfg, kernels in runs:
         assert cfg.fused_rms_norm == ("rms_norm" not in kernels), label
     assert len({cfg.output_dir for _, cfg, _ in runs}) == len(runs)
+
+
+def _tiny_lora_batch(tiny_config):
+    """A tiny-mistral LoRA model (no dropout; B drawn at random, so that A learns too) and a packed batch of 6 rows."""
+    from tangpoem.data import load_train_rows
+    from tangpoem.model import add_lora, load_tokenizer
+    from tangpoem.tiny import build_model
+    from tangpoem.tokens import count_label_tokens, encode_training_rows
+    from tangpoem.train import packed_batch
+
+    cfg = tiny_config(model_name_or_path="tiny-mistral", lora_dropout=0.0)
+    tokenizer = load_tokenizer(cfg)
+    rows = encode_training_rows(tokenizer, load_train_rows(cfg.data_dir, 6), cfg.cutoff_len).rows
+    torch.manual_seed(0)
+    model = add_lora(build_model("tiny-mistral", tokenizer), cfg)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.02)
+    return model, packed_batch(rows, tokenizer.pad_token_id), count_label_tokens(rows)
+
+
+def test_the_chunked_loss_lever_gives_the_loss_and_gradients_it_replaces(tiny_config):
+    """t4_memory.py's chunked cross-entropy (lm_head and loss on pieces of the answer positions, each recomputed in
+    the backward) computes tangpoem's answer-logits loss and its gradients, with a last piece shorter than the others."""
+    import t4_memory
+    from tangpoem.train import answer_logits_loss
+
+    model, batch, num_items = _tiny_lora_batch(tiny_config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    figures = []
+    for loss_fn in (answer_logits_loss, t4_memory.chunked_answer_logits_loss(3)):
+        model.zero_grad()
+        loss = loss_fn(model, batch, num_items)
+        loss.backward()
+        figures.append((loss.detach(), [p.grad.clone() for p in params]))
+    (plain, plain_grads), (chunked, chunked_grads) = figures
+    assert num_items % 3 != 0  # the pieces are unequal
+    assert torch.allclose(chunked, plain, rtol=1e-5)
+    assert all(g.abs().sum() > 0 for g in plain_grads)
+    assert all(torch.allclose(c, p, rtol=1e-4, atol=1e-7) for c, p in zip(chunked_grads, plain_grads))
+
+
+def test_the_phase_peaks_end_the_loss_phase_when_the_last_hidden_states_get_their_gradient(tiny_config):
+    """t4_memory.py's PhasePeaks: a micro-step's loss starts the forward-and-loss phase; the final norm's output
+    getting its gradient (the loss's backward done) starts the layers' phase; no hook stays on the norm."""
+    import t4_memory
+    from tangpoem.train import answer_logits_loss
+
+    model, batch, num_items = _tiny_lora_batch(tiny_config)
+    phases = t4_memory.PhasePeaks()
+    loss = phases.measured(answer_logits_loss)(model, batch, num_items)
+    assert phases.phase == "forward_and_loss"
+    assert not model.get_base_model().model.norm._forward_hooks
+    loss.backward()
+    assert phases.phase == "layers_backward_and_step"
+
+
+def test_the_paged_8bit_lever_keeps_the_schedule_and_the_scaler(tiny_config):
+    """t4_memory.py's paged 8-bit AdamW replaces only the optimizer: the learning rate follows tangpoem's schedule."""
+    import bitsandbytes as bnb
+    import t4_memory
+    from tangpoem.train import optimizer_and_schedule
+
+    cfg = tiny_config(warmup_steps=2)
+    param = torch.nn.Parameter(torch.zeros(64, 128))
+    optimizer, scheduler, scaler = t4_memory.with_paged_adamw_8bit(optimizer_and_schedule)(
+        cfg, [param], torch.device("cpu"), torch.float32, 10)
+    assert isinstance(optimizer, bnb.optim.PagedAdamW8bit) and not scaler.is_enabled()
+    assert scheduler.optimizer is optimizer and optimizer.param_groups[0]["weight_decay"] == cfg.weight_decay
+    assert scheduler.get_last_lr()[0] == 0.0  # warmup's first step
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(cfg.learning_rate / 2)
+
+
+@pytest.mark.slow
+def test_the_memory_levers_run_each_variant_in_a_process_of_its_own(tmp_path, course_dir):
+    """benchmarks/t4_memory.py on the CPU (--tiny): every variant trains through the CLI with its levers' flags,
+    every figure in one results file."""
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(BENCH / "t4_memory.py"), "--tiny", "--data-dir", str(course_dir), "--out", str(out),
+                    "--work", str(tmp_path / "w")], check=True, cwd=BENCH.parent, capture_output=True)
+    results = json.loads((out / "t4-memory.json").read_text())
+    assert results["errors"] == {}
+    import t4_memory
+
+    for label, (flags, values) in t4_memory.VARIANTS.items():
+        figures = results["figures"][label]
+        assert figures["steps"] == 2 and all(flag in figures["command"] for flag in flags)
+        assert f"checkpointed_layers={values['checkpointed_layers']}" in figures["command"]
+        assert figures["chunked_loss"] == (4 if "--chunked-loss" in flags else 0)
+        assert figures["adamw_8bit"] == ("--adamw-8bit" in flags)
