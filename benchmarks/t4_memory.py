@@ -37,6 +37,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "+ paged 8-bit AdamW (bitsandbytes)": (["--adamw-8bit"], LEAN),
     "+ both": (BOTH, LEAN),
     "+ both, 31 of 32 layers recomputed (what the memory they free buys)": (BOTH, {"checkpointed_layers": 31}),
+    "+ both, 30 of 32 layers recomputed": (BOTH, {"checkpointed_layers": 30}),
+    # the eager T4 steps wait on the host's CPU, whose pace can drift over a run: the first variant again at the end
+    "lean T4 profile again (the host's drift over the run)": ([], LEAN),
 }
 
 
