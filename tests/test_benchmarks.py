@@ -1,6 +1,6 @@
 """The GPU benchmark's plumbing, on the CPU: its stages' bookkeeping (budget, failures), the merged results file's
-ratios and targets, the carried wheels' slimming, the Liger lever group's patches, and a tiny run in which the
-absent peers are recorded, not fatal."""
+ratios and targets, the carried wheels' slimming, the Liger lever group's patches, the T4 memory levers (chunked loss,
+paged 8-bit AdamW, phase peaks), and tiny runs in which the absent peers are recorded, not fatal."""
 
 from __future__ import annotations
 

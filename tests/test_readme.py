@@ -64,9 +64,10 @@ def test_the_speed_figures_in_the_readme_are_the_committed_runs():
     speed = README.split("## GPU speed\n")[1].split("\n## ")[0]
     assert f"run 15 at {run['commit']}" in speed and run["one_machine"]
     for value in (figures["train_cli"]["loop_seconds"], figures["train_homework"]["seconds"], figures["train_trl"]["seconds"],
-                  figures["train_unsloth_fp16"]["seconds"], figures["t4_colab"]["loop_seconds"], figures["t4_profile"]["loop_seconds"]):
+                  figures["train_unsloth_bf16"]["seconds"], figures["train_unsloth_fp16"]["seconds"], figures["t4_colab"]["loop_seconds"],
+                  figures["t4_profile"]["loop_seconds"]):
         assert f"{value:.1f} s" in speed or f"{value:.2f} s" in speed, value
-    for key in ("train_vs_homework", "train_vs_trl", "train_vs_unsloth_fp16", "t4_colab_vs_homework", "t4_colab_vs_unsloth_fp16",
+    for key in ("train_vs_homework", "train_vs_trl", "train_vs_unsloth_bf16", "train_vs_unsloth_fp16", "t4_colab_vs_homework", "t4_colab_vs_unsloth_fp16",
                 "t4_vs_homework", "t4_vs_unsloth_fp16", "generate_vs_homework_first_call"):
         assert f"{ratios[key]:.1f}×" in speed or f"{ratios[key]:.0f}×" in speed, key
     for stage in ("t4_colab", "t4_profile"):
